@@ -1,0 +1,67 @@
+"""Small building blocks of MNet: conv-norm-act units, 2D/3D conv blocks and the feature merging unit.
+
+All blocks work on 5D tensors (N, C, *spatial). "2D" means the kernel is 1 along the thick (through-plane) axis,
+so the block never mixes information across slices; "3D" means a full 3x3x3 kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+FMU_MODES = ("sub", "sum", "cat")
+
+
+def axis_kernel(thick_axis: int, thick: int, other: int) -> tuple[int, int, int]:
+    """Kernel (or stride) tuple with ``thick`` on the thick spatial axis and ``other`` on the two in-plane axes."""
+    return tuple(thick if axis == thick_axis else other for axis in range(3))
+
+
+class ConvNormAct(nn.Sequential):
+    """Conv3d (stride 1, 'same' padding, bias) -> InstanceNorm3d(affine) -> LeakyReLU(0.01), as in the reference."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int, int]):
+        padding = tuple(k // 2 for k in kernel_size)
+        super().__init__(
+            nn.Conv3d(in_channels, out_channels, kernel_size, stride=1, padding=padding, bias=True),
+            nn.InstanceNorm3d(out_channels, eps=1e-5, affine=True, track_running_stats=False),
+            nn.LeakyReLU(negative_slope=0.01, inplace=True),
+        )
+
+
+class ConvBlock(nn.Sequential):
+    """Two ConvNormAct units: in -> out -> out channels.
+
+    ``kind="2d"`` uses a (1,3,3)-style kernel (1 on the thick axis), ``kind="3d"`` a (3,3,3) kernel.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kind: str, thick_axis: int):
+        if kind not in ("2d", "3d"):
+            raise ValueError(f"ConvBlock kind must be '2d' or '3d', got {kind!r}")
+        kernel = axis_kernel(thick_axis, 1, 3) if kind == "2d" else (3, 3, 3)
+        super().__init__(
+            ConvNormAct(in_channels, out_channels, kernel),
+            ConvNormAct(out_channels, out_channels, kernel),
+        )
+
+
+class FeatureMerge(nn.Module):
+    """Feature merging unit (FMU) of the paper: |a - b| ("sub"), a + b ("sum") or channel concatenation ("cat")."""
+
+    def __init__(self, mode: str = "sub"):
+        super().__init__()
+        if mode not in FMU_MODES:
+            raise ValueError(f"fmu must be one of {FMU_MODES}, got {mode!r}")
+        self.mode = mode
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self.mode == "sub":
+            return torch.abs(a - b)
+        if self.mode == "sum":
+            return a + b
+        return torch.cat([a, b], dim=1)
+
+
+def fmu_channel_factor(mode: str) -> int:
+    """How many times the input channels a merged tensor has (2 for concatenation, else 1)."""
+    return 2 if mode == "cat" else 1
