@@ -79,7 +79,7 @@ def resolve_labels(labels: dict[str, str] | None, classes: list[int], source: st
 
 
 def target_spacing(spacings: list[list[float]]) -> tuple[list[float], int, bool, float]:
-    """Per-axis median spacing; the thick axis is its largest axis (the last one on exact ties, i.e. axial)."""
+    """Per-axis median spacing; the thick axis is its largest axis (on near-ties the last one, i.e. axial)."""
     target = np.median(np.asarray(spacings, dtype=float), axis=0)
     target = [round(float(s), SPACING_DECIMALS) for s in target]
     largest = max(target)
@@ -216,6 +216,7 @@ def decide_plan(
         "dataset_voxels": dataset_voxels,
         "labels_given": bool(labels),
         "classes": sorted({int(c) for c in stats["classes"]}),
+        "cases_with_foreground": stats.get("cases_with_foreground"),
     }
     plan["notes"] = explain(plan, facts, n_cases=len(stats["spacings"]))
     return {k: plan[k] for k in PLAN_KEYS}
@@ -229,7 +230,12 @@ def explain(plan: dict[str, Any], facts: dict[str, Any], n_cases: int) -> list[s
         + ("clip + z-score with foreground statistics." if plan["modality"] == "CT" else "not CT, normalised like MR."),
         f"in_channels: {plan['in_channels']} channel(s) per image, the same in all {n_cases} cases.",
         f"labels: {'names from the datalist' if facts['labels_given'] else 'numbered (no names in the datalist)'}; "
-        f"label values found in the data: {facts['classes']}.",
+        f"label values found in the data: {facts['classes']}"
+        + (
+            f"; foreground in {facts['cases_with_foreground']} of {n_cases} cases."
+            if facts["cases_with_foreground"] is not None
+            else "."
+        ),
         f"spacing: per-axis median {_fmt(plan['spacing'])} mm. The thick axis keeps its median, as in the paper "
         "(5 mm); nnU-Net would take its 10th percentile for very anisotropic data. Override spacing to change it.",
         f"thick_axis: axis {plan['thick_axis']} has the largest spacing ({plan['spacing'][plan['thick_axis']]:g} mm).",
@@ -433,21 +439,29 @@ def run_analyzer(entries: list[dict[str, Any]], source: Path, datastats: str = "
     return report
 
 
+FG_KEYS = {"p00_5": "percentile_00_5", "p99_5": "percentile_99_5", "mean": "mean", "std": "stdev"}
+
+
+def _has_foreground(case: dict) -> bool:
+    return any(int(round(v)) > 0 for v in case["label_stats"]["labels"])
+
+
 def summarize_report(report: dict) -> dict[str, Any]:
-    """Extract the few numbers `decide_plan` needs from the DataAnalyzer report (per case + foreground summary)."""
+    """Extract the few numbers `decide_plan` needs from the DataAnalyzer report.
+
+    Foreground intensities are MONAI's per-case values (first channel) averaged over cases, like its own summary,
+    but only over cases that have foreground: MONAI reports zeros for an empty label, which would bias the CT clip.
+    """
     cases = report["stats_by_cases"]
-    fg = report["stats_summary"]["image_foreground_stats"]["intensity"]
+    with_fg = [c for c in cases if _has_foreground(c)]
+    fg = [c["image_foreground_stats"]["intensity"][0] for c in with_fg]
     return {
         "spacings": [[float(s) for s in c["image_stats"]["spacing"]] for c in cases],
         "shapes": [[int(s) for s in c["image_stats"]["shape"][0]] for c in cases],
         "channels": [int(c["image_stats"]["channels"]) for c in cases],
         "classes": sorted({int(round(v)) for c in cases for v in c["label_stats"]["labels"]}),
-        "fg_intensity": {
-            "p00_5": float(fg["percentile_00_5"]),
-            "p99_5": float(fg["percentile_99_5"]),
-            "mean": float(fg["mean"]),
-            "std": float(fg["stdev"]),
-        },
+        "fg_intensity": {k: float(np.mean([f[m] for f in fg])) if fg else math.nan for k, m in FG_KEYS.items()},
+        "cases_with_foreground": len(with_fg),
     }
 
 
@@ -478,10 +492,13 @@ def datalist_labels(data: dict[str, Any], source: Path) -> dict[str, str] | None
 
 def _parse_kn(kn: Any) -> list[int]:
     """Accept what fire passes: a list/tuple, or a string such as "[32,48,64,80,96]" or "32,48,64,80,96"."""
-    if isinstance(kn, str):
-        text = kn.strip()
-        kn = json.loads(text if text.startswith("[") else f"[{text}]")
-    return [int(k) for k in kn]
+    try:
+        if isinstance(kn, str):
+            text = kn.strip()
+            kn = json.loads(text if text.startswith("[") else f"[{text}]")
+        return [int(k) for k in kn]
+    except (TypeError, ValueError):
+        raise ValueError(f'arguments: kn must be 5 integers such as "[32,48,64,80,96]", got {kn!r}') from None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -499,13 +516,15 @@ def plan_dataset(
     workers: int = 0,
 ) -> dict[str, Any]:
     """Analyse the dataset, decide the plan, save it; raise ValueError (one line, naming the file) on bad input."""
+    kn = _parse_kn(kn)
+    _check_args(gpu_memory_gb, kn, "arguments")  # before the (possibly long) analysis
     source, data = read_datalist(dataset_dir, datalist)
     entries = training_entries(data, dataset_dir, source)
     modality, named_channels = resolve_modality(modality, data, source)
     labels = datalist_labels(data, source)
     check_files(entries, source)
     stats = summarize_report(run_analyzer(entries, source, datastats, workers))
-    plan = decide_plan(stats, modality, labels, gpu_memory_gb, _parse_kn(kn), source=str(source))
+    plan = decide_plan(stats, modality, labels, gpu_memory_gb, kn, source=str(source))
     if named_channels is not None and named_channels != plan["in_channels"]:
         plan["notes"].append(
             f"in_channels: WARNING the datalist names {named_channels} channel(s) but the images have "
@@ -544,7 +563,20 @@ def main(
     datastats: str = "",
     workers: int = min(4, os.cpu_count() or 1),
 ) -> None:
-    """CLI: plan the dataset and print the table; errors exit with one line instead of a traceback."""
+    """Plan a dataset, write configs/plan.json and print a key | value | why table.
+
+    Errors exit with one line ("error: <file>: <problem>") instead of a traceback.
+
+    Args:
+        dataset_dir: dataset root; datalist image/label paths are relative to it (MSD layout).
+        datalist: dataset.json with "training" (and "modality", "labels"); relative to dataset_dir or absolute.
+        output: where to write the plan (default: <bundle>/configs/plan.json).
+        gpu_memory_gb: training GPU memory; 32 reproduces the paper's V100 setting.
+        kn: MNet widths per level, e.g. "[32,48,64,80,96]".
+        modality: "auto" (from dataset.json), "CT" or "MR".
+        datastats: optional path to also save MONAI's DataAnalyzer report (YAML).
+        workers: data-loading workers for the analyser.
+    """
     try:
         plan = plan_dataset(dataset_dir, datalist, output, gpu_memory_gb, kn, modality, datastats, workers)
     except ValueError as err:

@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.plan import decide_plan, format_table, main, plan_dataset, voxel_budget
+from scripts.plan import decide_plan, format_table, main, plan_dataset, summarize_report, voxel_budget
 from scripts.plan_file import DEFAULT_PLAN, PLAN_KEYS, load_plan, save_plan
 
 LABELS = {"0": "background", "1": "organ", "2": "lesion"}
@@ -256,3 +256,18 @@ def test_malformed_or_missing_plan_json(tmp_path):
         load_plan(path)
     with pytest.raises(ValueError, match=r"nope\.json: cannot read the plan file"):
         load_plan(tmp_path / "nope.json")
+
+
+def test_summarize_report_skips_empty_cases_for_intensities():
+    def case(labels, mean):
+        fg = {"percentile_00_5": mean - 50, "percentile_99_5": mean + 50, "mean": mean, "stdev": 10.0}
+        return {
+            "image_stats": {"spacing": [0.8, 0.8, 5.0], "shape": [[48, 48, 10]], "channels": 1},
+            "image_foreground_stats": {"intensity": [fg]},
+            "label_stats": {"labels": labels},
+        }
+
+    stats = summarize_report({"stats_by_cases": [case([0, 1], 100.0), case([0, 1, 2], 60.0), case([0], 0.0)]})
+    assert stats["fg_intensity"] == {"p00_5": 30.0, "p99_5": 130.0, "mean": 80.0, "std": 10.0}
+    assert stats["classes"] == [0, 1, 2] and stats["cases_with_foreground"] == 2
+    assert stats["shapes"] == [[48, 48, 10]] * 3 and stats["channels"] == [1, 1, 1]

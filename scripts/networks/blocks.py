@@ -7,6 +7,7 @@ so the block never mixes information across slices; "3D" means a full 3x3x3 kern
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 FMU_MODES = ("sub", "sum", "cat")
@@ -18,31 +19,91 @@ def axis_kernel(thick_axis: int, thick: int, other: int) -> tuple[int, int, int]
 
 
 class ConvNormAct(nn.Sequential):
-    """Conv3d (stride 1, 'same' padding, bias) -> InstanceNorm3d(affine) -> LeakyReLU(0.01), as in the reference."""
+    """Conv3d (stride 1, 'same' padding, bias) -> InstanceNorm3d(affine) -> LeakyReLU(0.01), as in the reference.
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int, int]):
+    Two optional fast paths give the same outputs (up to float rounding) with the same parameters and state_dict:
+
+    * ``skip_bias``: do not add the conv bias. Instance norm subtracts the per-channel mean right after the conv, so a
+      per-channel bias cancels exactly; the Parameter stays (for checkpoint compatibility) but gets no gradient.
+    * ``group_norm``: compute the instance norm with ``F.group_norm`` (one group per channel is instance norm). Its
+      CPU kernel is faster than instance norm's (which reshapes to a batch norm and returns a view, so the in-place
+      LeakyReLU then costs a copy in backward).
+
+    ``forward(x, x2)`` with a second input computes ``conv(cat([x, x2]))`` as ``conv(x) + conv(x2)`` by splitting the
+    weight along its input channels, which avoids materialising the concatenation (the decoder's fast path).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: tuple[int, int, int],
+        skip_bias: bool = False,
+        group_norm: bool = False,
+    ):
         padding = tuple(k // 2 for k in kernel_size)
         super().__init__(
             nn.Conv3d(in_channels, out_channels, kernel_size, stride=1, padding=padding, bias=True),
             nn.InstanceNorm3d(out_channels, eps=1e-5, affine=True, track_running_stats=False),
             nn.LeakyReLU(negative_slope=0.01, inplace=True),
         )
+        self.padding = list(padding)
+        self.out_channels = out_channels
+        self.skip_bias = skip_bias
+        self.group_norm = group_norm
+
+    def _conv(self, x: torch.Tensor, x2: torch.Tensor | None) -> torch.Tensor:
+        conv = self[0]
+        bias = None if self.skip_bias else conv.bias
+        if x2 is None:
+            return F.conv3d(x, conv.weight, bias, 1, self.padding)
+        split = x.shape[1]
+        y = F.conv3d(x, conv.weight[:, :split], bias, 1, self.padding)
+        return y + F.conv3d(x2, conv.weight[:, split:], None, 1, self.padding)
+
+    def forward(self, x: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
+        y = self._conv(x, x2)
+        norm = self[1]
+        if self.group_norm:
+            y = F.group_norm(y, self.out_channels, norm.weight, norm.bias, 1e-5)
+        else:
+            y = norm(y)
+        return F.leaky_relu(y, 0.01, inplace=True)
 
 
 class ConvBlock(nn.Sequential):
     """Two ConvNormAct units: in -> out -> out channels.
 
-    ``kind="2d"`` uses a (1,3,3)-style kernel (1 on the thick axis), ``kind="3d"`` a (3,3,3) kernel.
+    ``kind="2d"`` uses a (1,3,3)-style kernel (1 on the thick axis), ``kind="3d"`` a (3,3,3) kernel. ``forward(x, x2)``
+    treats the two inputs as their channel concatenation (see ``ConvNormAct``).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kind: str, thick_axis: int):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kind: str,
+        thick_axis: int,
+        skip_bias: bool = False,
+        group_norm: bool = False,
+    ):
         if kind not in ("2d", "3d"):
             raise ValueError(f"ConvBlock kind must be '2d' or '3d', got {kind!r}")
         kernel = axis_kernel(thick_axis, 1, 3) if kind == "2d" else (3, 3, 3)
         super().__init__(
-            ConvNormAct(in_channels, out_channels, kernel),
-            ConvNormAct(out_channels, out_channels, kernel),
+            ConvNormAct(in_channels, out_channels, kernel, skip_bias, group_norm),
+            ConvNormAct(out_channels, out_channels, kernel, skip_bias, group_norm),
         )
+
+    def forward(self, x: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
+        return self[1](self[0](x, x2))
+
+
+class NoBlock(nn.Module):
+    """Stands in for the conv block of a stream a mesh node does not emit (never called; no parameters)."""
+
+    def forward(self, x: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
+        return x
 
 
 class FeatureMerge(nn.Module):

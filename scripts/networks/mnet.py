@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
-from scripts.networks.blocks import ConvBlock, FeatureMerge, axis_kernel, fmu_channel_factor
+from scripts.networks.blocks import ConvBlock, FeatureMerge, NoBlock, axis_kernel, fmu_channel_factor
 
 NUM_LEVELS = 5
 MIN_IN_PLANE = 16  # four in-plane poolings by 2
@@ -114,10 +115,28 @@ class MeshNode(nn.Module):
     Encoder nodes pool their inputs first (in-plane for the 2D stream; in 3D for the 3D stream while its thick-axis
     depth is >= min_z). Decoder nodes upsample (trilinear, to the skip's exact size) and concatenate
     [FMU(skip2d, skip3d), FMU(up2d, up3d)], skip first. A missing stream is returned as an empty tensor.
+
+    ``split_decoder_conv`` feeds the two merged decoder inputs to the blocks separately (the first conv is split
+    along its input channels) instead of concatenating them; ``skip_bias`` and ``group_norm`` are passed to the conv
+    blocks (see ``ConvNormAct``); ``checkpointing`` recomputes the node's activations in backward. None of them
+    changes the parameters.
     """
 
-    def __init__(self, spec: NodeSpec, in_channels: int, out_channels: int, fmu: str, thick_axis: int, min_z: int):
+    def __init__(
+        self,
+        spec: NodeSpec,
+        in_channels: int,
+        out_channels: int,
+        fmu: str,
+        thick_axis: int,
+        min_z: int,
+        skip_bias: bool = False,
+        group_norm: bool = False,
+        split_decoder_conv: bool = False,
+        checkpointing: bool = False,
+    ):
         super().__init__()
+        self.checkpointing = checkpointing
         self.decoder = spec.decoder
         self.from_image = spec.src_2d == IMAGE
         self.has_2d_input, self.has_3d_input = spec.src_2d >= 0, spec.src_3d >= 0
@@ -127,8 +146,11 @@ class MeshNode(nn.Module):
         self.min_z = min_z
         self.pool_2d = list(axis_kernel(thick_axis, 1, 2))
         self.merge = FeatureMerge(fmu)
-        self.block_2d = ConvBlock(in_channels, out_channels, "2d", thick_axis) if spec.emits_2d else nn.Identity()
-        self.block_3d = ConvBlock(in_channels, out_channels, "3d", thick_axis) if spec.emits_3d else nn.Identity()
+        # concatenation is the only merge whose channel split is not known up front; keep it on the plain path
+        self.split_decoder_conv = split_decoder_conv and spec.decoder and fmu != "cat"
+        options = {"thick_axis": thick_axis, "skip_bias": skip_bias, "group_norm": group_norm}
+        self.block_2d = ConvBlock(in_channels, out_channels, "2d", **options) if spec.emits_2d else NoBlock()
+        self.block_3d = ConvBlock(in_channels, out_channels, "3d", **options) if spec.emits_3d else NoBlock()
 
     def _pool_3d(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[self.thick_dim] >= self.min_z:
@@ -145,20 +167,42 @@ class MeshNode(nn.Module):
             return x2d
         return self.merge(x2d, self._pool_3d(f3d[self.src_3d]))
 
-    def _decoder_input(self, f2d: list[torch.Tensor], f3d: list[torch.Tensor]) -> torch.Tensor:
+    def _decoder_inputs(self, f2d: list[torch.Tensor], f3d: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The merged skip and the merged upsampled streams, in the order they are concatenated."""
         skip_2d, skip_3d = f2d[self.src_skip], f3d[self.src_skip]
         size = skip_2d.shape[2:]
         up_2d = F.interpolate(f2d[self.src_2d], size=size, mode="trilinear", align_corners=False)
         up_3d = F.interpolate(f3d[self.src_3d], size=size, mode="trilinear", align_corners=False)
-        return torch.cat([self.merge(skip_2d, skip_3d), self.merge(up_2d, up_3d)], dim=1)
+        return self.merge(skip_2d, skip_3d), self.merge(up_2d, up_3d)
 
     def forward(
         self, image: torch.Tensor, f2d: list[torch.Tensor], f3d: list[torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self._decoder_input(f2d, f3d) if self.decoder else self._encoder_input(image, f2d, f3d)
-        empty = x.new_empty(0)
-        out_2d = self.block_2d(x) if self.emits_2d else empty
-        out_3d = self.block_3d(x) if self.emits_3d else empty
+        if not torch.jit.is_scripting() and self.checkpointing and self.training and torch.is_grad_enabled():
+            return self._checkpointed(image, f2d, f3d)
+        return self._forward(image, f2d, f3d)
+
+    @torch.jit.unused
+    def _checkpointed(
+        self, image: torch.Tensor, f2d: list[torch.Tensor], f3d: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keep only the node's outputs; its inner activations (pooled/merged inputs, conv and norm outputs) are
+        recomputed in backward."""
+        return torch.utils.checkpoint.checkpoint(self._forward, image, f2d, f3d, use_reentrant=False)
+
+    def _forward(
+        self, image: torch.Tensor, f2d: list[torch.Tensor], f3d: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x2: torch.Tensor | None = None
+        if not self.decoder:
+            x = self._encoder_input(image, f2d, f3d)
+        elif self.split_decoder_conv:
+            x, x2 = self._decoder_inputs(f2d, f3d)
+        else:
+            x = torch.cat(self._decoder_inputs(f2d, f3d), dim=1)
+        empty = torch.empty(0, dtype=x.dtype, device=x.device)
+        out_2d = self.block_2d(x, x2) if self.emits_2d else empty
+        out_3d = self.block_3d(x, x2) if self.emits_3d else empty
         return out_2d, out_3d
 
 
@@ -177,6 +221,16 @@ class MNet(nn.Module):
         min_z: the 3D stream pools the thick axis only while its depth is >= min_z (8 in the reference).
         init: ``"default"`` (PyTorch's init, as the reference) or ``"he"`` (nnU-Net's He init, a=0.01).
 
+    Speed and memory options; none changes the parameters or the state_dict, and all give the reference outputs up to
+    float rounding (see docs/benchmarks.md for what each buys):
+
+        skip_bias: do not add the conv biases that instance norm cancels (the Parameters stay, without gradient).
+        group_norm: compute instance norm with the faster ``F.group_norm`` kernel (one group per channel).
+        split_decoder_conv: decoder nodes convolve the merged skip and the merged upsampled streams separately and
+            sum, instead of convolving their concatenation.
+        checkpointing: in training, recompute each mesh node's activations in backward instead of storing them
+            (``torch.utils.checkpoint``): much less memory for about one extra forward pass of time.
+
     Input (N, in_channels, *spatial) of any size with in-plane sizes >= 16; output (N, out_channels, *spatial).
     """
 
@@ -190,6 +244,10 @@ class MNet(nn.Module):
         thick_axis: int = -1,
         min_z: int = 8,
         init: str = "default",
+        skip_bias: bool = False,
+        group_norm: bool = False,
+        split_decoder_conv: bool = False,
+        checkpointing: bool = False,
     ):
         super().__init__()
         if len(kn) != NUM_LEVELS:
@@ -205,6 +263,12 @@ class MNet(nn.Module):
         self.thick_axis = thick_axis % 3
         self.min_z = min_z
 
+        options = {
+            "skip_bias": skip_bias,
+            "group_norm": group_norm,
+            "split_decoder_conv": split_decoder_conv,
+            "checkpointing": checkpointing,
+        }
         specs = mesh_topology()
         factor = fmu_channel_factor(fmu)
         nodes = []
@@ -217,7 +281,7 @@ class MNet(nn.Module):
             else:
                 two_inputs = spec.src_2d != NONE and spec.src_3d != NONE
                 k_in = self.kn[spec.level - 2] * (factor if two_inputs else 1)
-            nodes.append(MeshNode(spec, k_in, k_out, fmu, self.thick_axis, min_z))
+            nodes.append(MeshNode(spec, k_in, k_out, fmu, self.thick_axis, min_z, **options))
         self.nodes = nn.ModuleList(nodes)
         self.node_names = [spec.name for spec in specs]
 

@@ -1,0 +1,379 @@
+"""Speed and memory of MNet (plain and with its fast-path options) against MONAI's DynUNet with nnU-Net's topology.
+
+Run ``python -m benchmarks.network`` (or ``make bench``). All models are measured in ONE process, alternating models
+within each repeat, and the median of the repeats after a warm-up is reported, because the CPU is shared and noisy:
+compare ratios measured in the same run, not absolute times across runs. Peak memory is measured per model in a
+fresh subprocess (``--measure-memory NAME``) so that one model's allocations cannot hide another's.
+
+Work measured (3 classes): a train step (batch 2, forward + deep-supervision cross-entropy + backward + SGD step) and
+an inference forward (batch 1, eval, ``torch.inference_mode``). On CUDA, both run under fp16 autocast (AMP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scripts.networks.mnet import MNet
+
+NUM_CLASSES = 3
+FULL_PATCH = (128, 128, 16)  # (x, y, z): MONAI layout, thick axis last; the reference's 16x128x128
+QUICK_PATCH = (64, 64, 8)
+MNET_DS_WEIGHTS = (1, 0.5, 0.5, 0.25, 0.25, 0.125, 0.125)  # the reference trainer's, normalised below
+FAST = {"skip_bias": True, "group_norm": True}  # the options that pay on CPU (docs/benchmarks.md)
+
+# name -> (MNet options or None for DynUNet, use channels_last_3d, use torch.compile)
+VARIANTS: dict[str, tuple[dict | None, bool, bool]] = {
+    "dynunet": (None, False, False),
+    "mnet": ({}, False, False),
+    "mnet+skip_bias": ({"skip_bias": True}, False, False),
+    "mnet+group_norm": ({"group_norm": True}, False, False),
+    "mnet+split_decoder_conv": ({"split_decoder_conv": True}, False, False),
+    "mnet+fast": (FAST, False, False),
+    "mnet+fast+channels_last": (FAST, True, False),
+    "mnet+fast+checkpointing": ({**FAST, "checkpointing": True}, False, False),
+    "mnet+fast+compile": (FAST, False, True),
+}
+DEFAULT_MODELS = [name for name in VARIANTS if not VARIANTS[name][2]]
+
+
+def build_dynunet() -> nn.Module:
+    """MONAI DynUNet with nnU-Net's topology for 5x0.8x0.8 mm (as in mnet-architecture.md section 5.3), with the
+    z-first kernels/strides permuted to MONAI's (x, y, z) layout so both nets take the same tensor."""
+    from monai.networks.nets import DynUNet
+
+    strides = [(1, 1, 1), (2, 2, 1), (2, 2, 1), (2, 2, 2), (2, 2, 2), (2, 2, 1)]
+    return DynUNet(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=NUM_CLASSES,
+        kernel_size=[(3, 3, 1), (3, 3, 1)] + [(3, 3, 3)] * 4,
+        strides=strides,
+        upsample_kernel_size=strides[1:],
+        filters=[32, 64, 128, 256, 320, 320],
+        norm_name=("INSTANCE", {"affine": True}),
+        act_name=("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
+        deep_supervision=True,
+        deep_supr_num=4,  # DynUNet allows at most len(strides) - 2 = 4
+        res_block=False,
+    )
+
+
+def build(name: str) -> nn.Module:
+    """The uncompiled model of a variant, on CPU, in float32."""
+    options = VARIANTS[name][0]
+    return build_dynunet() if options is None else MNet(1, NUM_CLASSES, **options)
+
+
+def split_outputs(outputs: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+    """Training outputs as a list, highest resolution first (DynUNet stacks its heads along dim 1)."""
+    if isinstance(outputs, (list, tuple)):
+        return list(outputs)
+    return list(torch.unbind(outputs, dim=1)) if outputs.dim() == 6 else [outputs]
+
+
+def ds_loss(outputs: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on every output against the target resized to it (nearest), with normalised weights: the
+    reference trainer's for MNet's 7 outputs, nnU-Net's halving weights otherwise."""
+    raw = MNET_DS_WEIGHTS if len(outputs) == len(MNET_DS_WEIGHTS) else [0.5**i for i in range(len(outputs))]
+    total = sum(raw)
+    loss = outputs[0].new_zeros(())
+    for weight, out in zip(raw, outputs):
+        resized = F.interpolate(target, size=out.shape[2:], mode="nearest")[:, 0].long()
+        loss = loss + weight / total * F.cross_entropy(out.float(), resized)
+    return loss
+
+
+class Runner:
+    """One variant ready to run: model, optimizer, fixed inputs, and its train step / inference callables."""
+
+    def __init__(self, name: str, device: torch.device, patch: tuple[int, int, int]):
+        _, channels_last, compile_it = VARIANTS[name]
+        self.name, self.device = name, device
+        self.base = build(name).to(device)
+        fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+        self.base = self.base.to(memory_format=fmt)
+        self.model = torch.compile(self.base) if compile_it else self.base
+        self.optimizer = torch.optim.SGD(self.base.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
+        generator = torch.Generator().manual_seed(0)
+        self.x_train = torch.randn(2, 1, *patch, generator=generator).to(device, memory_format=fmt)
+        self.x_infer = torch.randn(1, 1, *patch, generator=generator).to(device, memory_format=fmt)
+        self.target = torch.randint(0, NUM_CLASSES, (2, 1, *patch), generator=generator).float().to(device)
+        self.amp = device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
+
+    def train_step(self) -> None:
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            loss = ds_loss(split_outputs(self.model(self.x_train)), self.target)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+
+    def infer(self) -> None:
+        self.model.eval()
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            self.model(self.x_infer)
+
+
+def timed(fn: Callable[[], None], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def forward_gflop(name: str, patch: tuple[int, int, int]) -> float:
+    """Forward GFLOP of a batch-1 eval forward (torch's FlopCounterMode: convolutions and matmuls, 2 FLOP per MAC)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build(name).eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, 1, *patch))
+    return counter.get_total_flops() / 1e9
+
+
+def peak_gflops(device: torch.device, size: int = 2048, repeats: int = 5) -> float:
+    """Rough machine peak: the best rate of a large float32 (CPU) or fp16 (CUDA) matmul."""
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    best = min(timed(lambda: a @ b, device) for _ in range(repeats + 1))
+    return 2 * size**3 / best / 1e9
+
+
+def measure_memory(name: str, device: torch.device, patch: tuple[int, int, int]) -> float:
+    """Peak memory (MB) of two train steps beyond what the set-up model and inputs hold. CPU: peak RSS of this
+    process (``ru_maxrss``) minus the RSS before the first step; CUDA: ``max_memory_allocated`` beyond the baseline."""
+    runner = Runner(name, device, patch)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        runner.train_step()
+        runner.train_step()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    import psutil
+
+    base = psutil.Process().memory_info().rss
+    runner.train_step()
+    runner.train_step()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base) / 2**20
+
+
+def memory_in_subprocess(name: str, device: torch.device, patch: tuple[int, int, int], threads: int) -> float | None:
+    """Run ``measure_memory`` in a fresh interpreter (RSS high-water marks never go down within a process)."""
+    cmd = [sys.executable, "-m", "benchmarks.network", "--measure-memory", name, "--device", device.type]
+    cmd += ["--threads", str(threads), "--patch", *map(str, patch)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    if done.returncode != 0:
+        print(f"memory measurement of {name} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else round(a / b, 3)
+
+
+def _warm_up(runners: dict[str, Runner], device: torch.device) -> dict[str, float]:
+    """First train step and inference of every model; for compiled models this is the compile time."""
+    compile_s = {}
+    for name in list(runners):
+        try:
+            first = timed(runners[name].train_step, device) + timed(runners[name].infer, device)
+        except Exception as error:  # torch.compile needs a C++ toolchain; report and drop the variant
+            print(f"{name}: skipped ({type(error).__name__}: {str(error).splitlines()[0][:200]})", file=sys.stderr)
+            del runners[name]
+            continue
+        if VARIANTS[name][2]:
+            compile_s[name] = round(first, 2)
+    return compile_s
+
+
+def run_benchmark(
+    models: list[str], device: torch.device, patch: tuple[int, int, int], repeats: int, threads: int, memory: bool
+) -> dict:
+    runners = {name: Runner(name, device, patch) for name in models}
+    compile_s = _warm_up(runners, device)
+    times: dict[str, dict[str, list[float]]] = {name: {"train": [], "infer": []} for name in runners}
+    for repeat in range(repeats):
+        order = list(runners) if repeat % 2 == 0 else list(reversed(runners))  # alternate, and alternate the order
+        for name in order:
+            times[name]["train"].append(timed(runners[name].train_step, device))
+        for name in order:
+            times[name]["infer"].append(timed(runners[name].infer, device))
+    peak = peak_gflops(device)
+    rows = []
+    for name in runners:
+        gflop = forward_gflop(name, patch)
+        train_s = statistics.median(times[name]["train"])
+        infer_s = statistics.median(times[name]["infer"])
+        rows.append(
+            {
+                "name": name,
+                "options": VARIANTS[name][0],
+                "channels_last": VARIANTS[name][1],
+                "compiled": VARIANTS[name][2],
+                "compile_s": compile_s.get(name),
+                "params": sum(p.numel() for p in runners[name].base.parameters()),
+                "gflop_fwd": round(gflop, 2),
+                "train_s": round(train_s, 4),
+                "infer_s": round(infer_s, 4),
+                "train_times": [round(t, 4) for t in times[name]["train"]],
+                "infer_times": [round(t, 4) for t in times[name]["infer"]],
+                "gflops": round(3 * 2 * gflop / train_s, 1),  # train step: batch 2, backward ~ 2x forward
+                "infer_gflops": round(gflop / infer_s, 1),
+                "peak_mb": memory_in_subprocess(name, device, patch, threads) if memory else None,
+            }
+        )
+    by_name = {row["name"]: row for row in rows}
+    for row in rows:
+        for ref in ("dynunet", "mnet"):
+            other = by_name.get(ref, {})
+            row[f"train_ratio_vs_{ref}"] = _ratio(row["train_s"], other.get("train_s"))
+            row[f"infer_ratio_vs_{ref}"] = _ratio(row["infer_s"], other.get("infer_s"))
+            row[f"memory_ratio_vs_{ref}"] = _ratio(row["peak_mb"], other.get("peak_mb"))
+        row["percent_of_peak"] = round(100 * row["gflops"] / peak, 1)
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
+        "amp": device.type == "cuda",
+        "threads": torch.get_num_threads(),
+        "patch": list(patch),
+        "train_batch": 2,
+        "infer_batch": 1,
+        "repeats": repeats,
+        "peak_gflops": round(peak, 1),
+        "models": rows,
+    }
+
+
+def format_table(report: dict) -> str:
+    def fmt(value, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    header = (
+        "| model | params | GFLOP fwd | train s | infer s | peak MB | GFLOP/s train (% peak) "
+        "| train / DynUNet | infer / DynUNet | train / MNet | infer / MNet | memory / MNet |"
+    )
+    lines = [header, "|" + "---|" * 12]
+    for r in report["models"]:
+        lines.append(
+            f"| {r['name']} | {r['params']:,} | {r['gflop_fwd']:.1f} | {r['train_s']:.3f} | {r['infer_s']:.3f} "
+            f"| {fmt(r['peak_mb'], '.0f')} | {r['gflops']:.1f} ({r['percent_of_peak']:.0f}%) "
+            f"| {fmt(r['train_ratio_vs_dynunet'], '.2f')} | {fmt(r['infer_ratio_vs_dynunet'], '.2f')} "
+            f"| {fmt(r['train_ratio_vs_mnet'], '.2f')} | {fmt(r['infer_ratio_vs_mnet'], '.2f')} "
+            f"| {fmt(r['memory_ratio_vs_mnet'], '.2f')} |"
+        )
+    return "\n".join(lines)
+
+
+def main(
+    device: str = "cpu",
+    repeats: int = 3,
+    quick: bool = False,
+    out: str = "benchmarks/results/network.json",
+    models: list[str] | None = None,
+    compile: bool = False,
+    memory: bool = True,
+    threads: int = 2,
+    patch: list[int] | None = None,
+) -> dict:
+    """Measure, print a markdown table, write the JSON report to ``out`` and return it."""
+    torch_device = resolve_device(device)
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    size = tuple(patch) if patch else (QUICK_PATCH if quick else FULL_PATCH)
+    names = list(models) if models else list(DEFAULT_MODELS)
+    if compile and "mnet+fast+compile" not in names:
+        names.append("mnet+fast+compile")
+    if quick:
+        repeats = 1
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown models {unknown}; choose from {list(VARIANTS)}")
+    report = run_benchmark(names, torch_device, size, repeats, threads, memory)
+    print(f"{report['date']}  torch {report['torch']}  {report['device_name']}  {report['threads']} threads  "
+          f"patch {report['patch']}  peak matmul {report['peak_gflops']} GFLOP/s")  # fmt: skip
+    print(format_table(report))
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="auto, cpu or cuda")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help=f"patch {QUICK_PATCH} and 1 repeat, for a smoke test")
+    parser.add_argument("--out", default="benchmarks/results/network.json")
+    parser.add_argument("--models", nargs="+", choices=list(VARIANTS), help="default: all but the compiled one")
+    parser.add_argument("--compile", action="store_true", help="also measure torch.compile (inductor) of mnet+fast")
+    parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the memory subprocesses")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--patch", type=int, nargs=3, help="override the patch (x y z), thick axis last")
+    parser.add_argument("--measure-memory", metavar="MODEL", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    if args.measure_memory:
+        torch.set_num_threads(args.threads)
+        size = tuple(args.patch) if args.patch else FULL_PATCH
+        print(measure_memory(args.measure_memory, resolve_device(args.device), size))
+    else:
+        main(
+            device=args.device,
+            repeats=args.repeats,
+            quick=args.quick,
+            out=args.out,
+            models=args.models,
+            compile=args.compile,
+            memory=args.memory,
+            threads=args.threads,
+            patch=args.patch,
+        )
