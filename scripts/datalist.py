@@ -7,6 +7,10 @@ from pathlib import Path
 
 from monai.data import load_decathlon_datalist, partition_dataset
 
+from scripts.errors import BundleInputError, install_excepthook
+
+install_excepthook()  # configs import this module: input errors then end the console output with one clear line
+
 NUM_FOLDS = 5
 SPLIT_SEED = 12345  # nnU-Net's KFold seed
 
@@ -14,14 +18,19 @@ SPLIT_SEED = 12345  # nnU-Net's KFold seed
 def _read_list(datalist_file: Path, key: str, dataset_dir: str) -> list[dict]:
     """MONAI's decathlon loader, with one-line errors instead of a traceback for the usual mistakes."""
     if not datalist_file.is_file():
-        raise ValueError(f"{datalist_file}: datalist file not found")
+        raise BundleInputError(f"{datalist_file}: datalist file not found")
     try:
         content = json.loads(datalist_file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{datalist_file}: not a readable JSON datalist ({err})") from None
+        raise BundleInputError(f"{datalist_file}: not a readable JSON datalist ({err})") from None
     if not isinstance(content, dict) or key not in content:
         return []
-    return load_decathlon_datalist(str(datalist_file), is_segmentation=True, data_list_key=key, base_dir=dataset_dir)
+    if not isinstance(content[key], list):
+        raise BundleInputError(f"{datalist_file}: '{key}' must be a list of cases, got {type(content[key]).__name__}")
+    try:
+        return load_decathlon_datalist(str(datalist_file), True, data_list_key=key, base_dir=dataset_dir)
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        raise BundleInputError(f"{datalist_file}: malformed '{key}' list ({type(err).__name__}: {err})") from None
 
 
 def load_split(datalist_file: str, dataset_dir: str, fold: int = 0, num_folds: int = NUM_FOLDS) -> dict[str, list]:
@@ -32,14 +41,14 @@ def load_split(datalist_file: str, dataset_dir: str, fold: int = 0, num_folds: i
     """
     path = Path(datalist_file)
     if not 0 <= int(fold) < num_folds:
-        raise ValueError(f"{path}: fold must be in 0..{num_folds - 1}, got {fold}")
+        raise BundleInputError(f"{path}: fold must be in 0..{num_folds - 1}, got {fold}")
     training = _read_list(path, "training", dataset_dir)
     if not training:
-        raise ValueError(f"{path}: the 'training' list is empty or missing")
+        raise BundleInputError(f"{path}: the 'training' list is empty or missing")
     validation = _read_list(path, "validation", dataset_dir)
     if not validation:
         if len(training) < num_folds:
-            raise ValueError(f"{path}: {len(training)} training cases cannot be split into {num_folds} folds")
+            raise BundleInputError(f"{path}: {len(training)} training cases cannot be split into {num_folds} folds")
         folds = partition_dataset(training, num_partitions=num_folds, shuffle=True, seed=SPLIT_SEED)
         validation = folds[int(fold)]
         training = [case for i, part in enumerate(folds) if i != int(fold) for case in part]
@@ -55,12 +64,12 @@ def inference_list(dataset_dir: str, datalist_file: str | None = None, key: str 
     if datalist_file and Path(datalist_file).is_file():
         items = _read_list(Path(datalist_file), key, dataset_dir)
         if not items:
-            raise ValueError(f"{datalist_file}: the '{key}' list is empty or missing; nothing to segment")
+            raise BundleInputError(f"{datalist_file}: the '{key}' list is empty or missing; nothing to segment")
         return [{"image": item["image"]} if isinstance(item, dict) else {"image": item} for item in items]
     folder = Path(dataset_dir)
     if not folder.is_dir():
-        raise ValueError(f"{folder}: input folder not found")
+        raise BundleInputError(f"{folder}: input folder not found")
     files = sorted(str(p) for p in folder.iterdir() if p.is_file() and p.name.endswith(IMAGE_SUFFIXES))
     if not files:
-        raise ValueError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found and no datalist given")
+        raise BundleInputError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found and no datalist given")
     return [{"image": f} for f in files]

@@ -35,11 +35,15 @@ class LastCheckpointSaver:
     """Save a full training checkpoint (network, optimizer, scheduler, trainer state) after every epoch as
     ``checkpoint_last.pt``, replacing the previous one atomically, so ``resume=true`` loses at most one epoch and a
     crash mid-write never leaves a truncated file. Only rank 0 writes in distributed runs.
+
+    With ``evaluator``, the validation's best metric and the key-metric CheckpointSaver's memory of it are saved too,
+    so a resumed run does not overwrite the best ``model.pt`` with a worse model.
     """
 
-    def __init__(self, save_dir: str, save_dict: dict, filename: str = "checkpoint_last.pt"):
+    def __init__(self, save_dir: str, save_dict: dict, filename: str = "checkpoint_last.pt", evaluator=None):
         self.path = os.path.join(save_dir, filename)
         self.save_dict = save_dict
+        self.evaluator = evaluator
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
@@ -49,7 +53,42 @@ class LastCheckpointSaver:
             return
         state = {name: _unwrap(obj).state_dict() for name, obj in self.save_dict.items()}
         state["trainer"] = engine.state_dict()
+        if self.evaluator is not None:
+            state["best_metric"] = best_metric_state(self.evaluator)
         atomic_torch_save(state, self.path)
+
+
+def _key_metric_checkpoints(evaluator: Engine) -> list:
+    """The ignite Checkpoint objects of the key-metric CheckpointSavers attached to ``evaluator``, in order.
+
+    Found through the evaluator's handlers so the config need not reference a handler by its list index.
+    """
+    found = []
+    for handler, _, _ in evaluator._event_handlers.get(Events.EPOCH_COMPLETED, []):
+        owner = getattr(handler, "__self__", None)
+        checkpoint = getattr(owner, "_key_metric_checkpoint", None)
+        if checkpoint is not None:
+            found.append(checkpoint)
+    return found
+
+
+def best_metric_state(evaluator: Engine) -> dict:
+    """What the validation remembers about the best model: its metric, epoch and the saver's ranking."""
+    return {
+        "best_metric": float(getattr(evaluator.state, "best_metric", -1)),
+        "best_metric_epoch": int(getattr(evaluator.state, "best_metric_epoch", -1)),
+        # plain floats and strings: the file is read back with torch.load(weights_only=True)
+        "savers": [{"_saved": [(float(p), str(f)) for p, f in c.state_dict()["_saved"]]}
+                   for c in _key_metric_checkpoints(evaluator)],
+    }
+
+
+def restore_best_metric(evaluator: Engine, state: dict) -> None:
+    """Inverse of `best_metric_state`; savers beyond those saved keep their fresh state."""
+    evaluator.state.best_metric = state["best_metric"]
+    evaluator.state.best_metric_epoch = state["best_metric_epoch"]
+    for checkpoint, saved in zip(_key_metric_checkpoints(evaluator), state["savers"]):
+        checkpoint.load_state_dict(saved)
 
 
 class ResumeHandler:
@@ -57,31 +96,48 @@ class ResumeHandler:
     checkpoint when training starts, so the same command with ``resume=true`` continues the same LR schedule.
 
     The trainer itself is not part of ``load_dict`` (that would be a circular reference in the config): its state is
-    restored on the engine this handler is attached to. The run's own ``max_epochs`` wins over the saved one.
+    restored on the engine this handler is attached to. The run's own ``max_epochs`` wins over the saved one. With
+    ``evaluator``, the best validation metric so far is restored as well (see LastCheckpointSaver).
+    A missing, corrupted or mismatching checkpoint stops the run with one line (scripts.errors.BundleInputError).
     """
 
-    def __init__(self, load_path: str, load_dict: dict, enabled: bool = True, map_location: str | None = "cpu"):
+    def __init__(self, load_path: str, load_dict: dict, enabled: bool = True, map_location: str | None = "cpu",
+                 evaluator=None):
         self.load_path = load_path
         self.load_dict = load_dict
         self.enabled = enabled
         self.map_location = map_location
+        self.evaluator = evaluator
 
     def attach(self, engine: Engine) -> None:
         if self.enabled:
             engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
+        from scripts.check_data import load_checkpoint, state_dict_mismatch
+        from scripts.errors import BundleInputError
+
         if not os.path.isfile(self.load_path):
-            raise FileNotFoundError(f"{self.load_path}: resume=true but there is no checkpoint to resume from")
-        checkpoint = torch.load(self.load_path, map_location=self.map_location, weights_only=True)
+            raise BundleInputError(f"{self.load_path}: resume=true but there is no checkpoint to resume from")
+        checkpoint = load_checkpoint(self.load_path, self.map_location)
         missing = [name for name in [*self.load_dict, "trainer"] if name not in checkpoint]
         if missing:
-            raise ValueError(f"{self.load_path}: not a full training checkpoint, it lacks {missing}")
+            raise BundleInputError(f"{self.load_path}: not a full training checkpoint, it lacks {missing}")
         for name, obj in self.load_dict.items():
-            _unwrap(obj).load_state_dict(checkpoint[name])
+            obj = _unwrap(obj)
+            mismatch = state_dict_mismatch(checkpoint[name], obj) if isinstance(obj, torch.nn.Module) else None
+            if mismatch:
+                raise BundleInputError(f"{self.load_path}: '{name}' does not fit this network ({mismatch}); "
+                                       "was it trained with another plan (kn, channels, classes)?")
+            try:
+                obj.load_state_dict(checkpoint[name])
+            except (ValueError, KeyError, RuntimeError) as err:
+                raise BundleInputError(f"{self.load_path}: cannot restore '{name}' ({str(err)[:160]})") from None
         max_epochs = engine.state.max_epochs
         engine.load_state_dict(checkpoint["trainer"])
         engine.state.max_epochs = max_epochs
+        if self.evaluator is not None and "best_metric" in checkpoint:
+            restore_best_metric(self.evaluator, checkpoint["best_metric"])
         engine.logger.info(f"resumed from {self.load_path} at epoch {engine.state.epoch}")
 
 

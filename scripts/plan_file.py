@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from scripts.errors import BundleInputError, install_excepthook
+
 PLAN_VERSION = 1
 PLAN_KEYS = (
     "plan_version",
@@ -146,20 +148,21 @@ def validate_plan(plan: Any, source: str | os.PathLike = "plan") -> dict[str, An
         _check_geometry(plan)
         _check_normalization(plan)
     except _PlanError as err:
-        raise ValueError(f"{source}: {err}") from None
+        raise BundleInputError(f"{source}: {err}") from None
     return plan
 
 
 def load_plan(path: str | os.PathLike) -> dict[str, Any]:
     """Read and validate a plan.json so a bad or hand-edited plan fails before training starts."""
+    install_excepthook()  # a config that loads a plan reports a bad one as one line on the console
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
-        raise ValueError(f"{path}: cannot read the plan file ({err.strerror or err})") from None
+        raise BundleInputError(f"{path}: cannot read the plan file ({err.strerror or err})") from None
     try:
         plan = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+        raise BundleInputError(f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
     return validate_plan(plan, path)
 
 

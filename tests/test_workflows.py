@@ -1,0 +1,132 @@
+"""The bundle commands run as users type them: train one epoch, resume, evaluate, infer, and train with torchrun.
+
+One tiny dataset and one tiny training run are shared by the module (the CPU is the bottleneck); each command runs
+as a subprocess of ``python -m monai.bundle`` from the bundle root, exactly as documented.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from scripts.demo_data import write_dataset
+from scripts.networks.mnet import MNet
+
+BUNDLE = Path(__file__).resolve().parents[1]
+TINY = ["--kn", "[4,4,6,6,8]", "--patch_size", "[48,48,8]", "--num_workers", "0", "--cache_rate", "1.0"]
+
+
+def bundle_run(*args: str, cwd: Path = BUNDLE, extra_env: dict | None = None, launcher: list[str] | None = None):
+    """Run a bundle command; fail the test with the tail of its output if it exits non-zero."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2", **(extra_env or {})}
+    cmd = (launcher or [sys.executable, "-m"]) + ["monai.bundle", "run", *args]
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def common(work: Path, data: Path) -> list[str]:
+    return [
+        "--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf",
+        "--bundle_root", str(work), "--plan_file", str(BUNDLE / "configs" / "plan.json"),
+        "--dataset_dir", str(data), *TINY,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data")
+    write_dataset(out, num_cases=7, num_test=2, seed=3, inplane_range=(48, 56), slices_range=(9, 12))
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data) -> Path:
+    work = tmp_path_factory.mktemp("bundle")
+    bundle_run(
+        "training", "--config_file", "configs/train.json", *common(work, data),
+        "--epochs", "1", "--iterations_per_epoch", "2",
+    )  # fmt: skip
+    return work
+
+
+def test_one_epoch_training_writes_plain_state_dict(trained):
+    weights = trained / "models" / "model.pt"
+    assert weights.is_file()
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    net = MNet(1, 3, kn=(4, 4, 6, 6, 8))
+    net.load_state_dict(state)  # a plain state dict of network_def, no "model"/"module." wrapping
+    checkpoint = torch.load(trained / "models" / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    assert {"network", "optimizer", "lr_scheduler", "trainer"} <= set(checkpoint)
+    assert checkpoint["trainer"]["iteration"] == 2  # ignite stores iterations; epoch = iteration / epoch_length
+    assert list((trained / "eval").glob("events.out.tfevents.*")), "TensorBoard scalars are written"
+
+
+def test_resume_continues_from_saved_epoch(trained, data, tmp_path):
+    work = tmp_path / "resume"
+    shutil.copytree(trained, work)
+    result = bundle_run(
+        "training", "--config_file", "configs/train.json", *common(work, data),
+        "--epochs", "2", "--iterations_per_epoch", "2", "--resume", "true",
+    )  # fmt: skip
+    log = result.stdout + result.stderr
+    assert "resumed from" in log and "at epoch 1" in log
+    assert "Epoch: 1/2" not in log and "Epoch: 2/2" in log  # epoch 1 is not trained again
+    checkpoint = torch.load(work / "models" / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    assert checkpoint["trainer"]["iteration"] == 4
+    assert checkpoint["lr_scheduler"]["last_epoch"] == 2  # the poly schedule continued, not restarted
+
+
+def test_evaluation_writes_per_case_metrics(trained, data):
+    bundle_run(
+        "--config_file", "['configs/train.json','configs/evaluate.json']", *common(trained, data),
+        "--eval_split", "test",
+    )  # fmt: skip
+    out = trained / "eval" / "evaluation"
+    for metric in ("val_mean_dice", "val_hd95_mm", "val_surface_dice"):
+        with open(out / f"{metric}_raw.csv") as f:
+            rows = list(csv.reader(f))
+        assert rows[0] == ["filename", "class0", "class1", "mean"]
+        assert len(rows) == 1 + 2  # header + the two held-out cases
+    summary = dict(csv.reader(open(out / "metrics.csv")))
+    assert 0.0 <= float(summary["val_mean_dice"]) <= 1.0
+
+
+def test_inference_writes_labels_in_input_geometry(trained, data, tmp_path):
+    out = tmp_path / "predictions"
+    bundle_run(
+        "--config_file", "configs/inference.json", *common(trained, data), "--output_dir", str(out),
+    )  # fmt: skip
+    test_images = json.loads((data / "dataset.json").read_text())["test"]
+    assert len(list(out.glob("*_seg.nii.gz"))) == len(test_images)
+    for item in test_images:
+        image = nib.load(data / item["image"])
+        name = Path(item["image"]).name.replace(".nii.gz", "_seg.nii.gz")
+        pred = nib.load(out / name)
+        assert pred.shape == image.shape
+        np.testing.assert_allclose(pred.affine, image.affine, atol=1e-4)
+        np.testing.assert_allclose(pred.header.get_zooms(), image.header.get_zooms(), atol=1e-4)
+        values = np.unique(np.asarray(pred.dataobj))
+        assert pred.get_data_dtype() == np.uint8 and set(values) <= {0, 1, 2}
+    assert not list(out.glob(".tmp_*")), "no temporary files are left behind"
+
+
+def test_torchrun_two_processes_on_cpu(data, tmp_path):
+    work = tmp_path / "ddp"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2", "-m"]
+    bundle_run(
+        "--config_file", "['configs/train.json','configs/multi_gpu_train.json']", *common(work, data),
+        "--epochs", "1", "--iterations_per_epoch", "1", launcher=launcher, extra_env={"OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    state = torch.load(work / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") for k in state), "DDP wrapper is stripped from the saved weights"
