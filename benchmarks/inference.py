@@ -1,0 +1,145 @@
+"""Whole-volume inference through ``configs/inference.json``: seconds and peak memory, split into preprocessing,
+sliding window and writing.
+
+Run ``python -m benchmarks.inference`` (``--quick`` for a smoke run). A synthetic thick-slice CT (default
+512x512x60 voxels at 0.8x0.8x5 mm on a GPU; a smaller volume on the CPU unless ``--shape`` says otherwise) is
+written as NIfTI and segmented by the components that ``inference.json`` defines (dataset/preprocessing, the
+sliding-window inferer over the prediction wrapper, postprocessing with inversion and the atomic NIfTI writer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+from monai.data import decollate_batch, list_data_collate
+
+BUNDLE = Path(__file__).resolve().parents[1]
+
+
+def write_volume(path: Path, shape: list[int], spacing: list[float]) -> None:
+    """A CT-like volume: air around a soft-tissue ellipse with a brighter blob, noise; thick axis last."""
+    rng = np.random.default_rng(0)
+    x, y = np.meshgrid(np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1]), indexing="ij")
+    body = (x / 0.85) ** 2 + (y / 0.65) ** 2 < 1
+    organ = ((x - 0.3) / 0.3) ** 2 + ((y + 0.1) / 0.25) ** 2 < 1
+    slice_ = np.where(body, 40.0, -1000.0) + np.where(organ, 80.0, 0.0)
+    volume = np.repeat(slice_[:, :, None], shape[2], axis=2) + rng.normal(0, 15, shape)
+    nib.save(nib.Nifti1Image(volume.astype(np.int16), np.diag([*spacing, 1.0])), str(path))
+
+
+def parse_inference_config(image: Path, out_dir: Path, args: argparse.Namespace) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser.update(
+        {
+            "plan_file": str(BUNDLE / "configs" / "plan.json"),
+            "datalist": [{"image": str(image)}],
+            "output_dir": str(out_dir),
+            "kn": args.kn,
+            "device": args.device,
+            "sw_batch_size": args.sw_batch_size,
+            "load_pretrain": False,
+        }
+    )
+    if args.patch:
+        parser["patch_size"] = args.patch
+    return parser
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        image = Path(tmp) / "ct.nii.gz"
+        write_volume(image, args.shape, [0.8, 0.8, 5.0])
+        parser = parse_inference_config(image, Path(tmp) / "out", args)
+        dataset, inferer, post = (parser.get_parsed_content(k) for k in ("dataset", "inferer", "postprocessing"))
+        predictor = parser.get_parsed_content("predictor").eval()
+        amp = parser.get_parsed_content("amp")
+
+        start = time.perf_counter()
+        batch = list_data_collate([dataset[0]])
+        t_pre = time.perf_counter() - start
+
+        start = time.perf_counter()
+        with torch.inference_mode(), torch.autocast(device.type, enabled=bool(amp)):
+            batch["pred"] = inferer(batch["image"].to(device), predictor)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t_sw = time.perf_counter() - start
+
+        start = time.perf_counter()
+        for item in decollate_batch(batch):
+            post(item)
+        t_post = time.perf_counter() - start
+        written = sorted(p.name for p in (Path(tmp) / "out").glob("*.nii.gz"))
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "device": str(device),
+        "cpu": platform.processor() or platform.machine(),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "shape": args.shape,
+        "kn": args.kn,
+        "patch": parser.get_parsed_content("patch_size"),
+        "sw_batch_size": args.sw_batch_size,
+        "preprocessing_s": t_pre,
+        "sliding_window_s": t_sw,
+        "postprocess_and_write_s": t_post,
+        "total_s": t_pre + t_sw + t_post,
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+        "written": written,
+    }
+
+
+def print_table(r: dict) -> None:
+    print(f"\nWhole-volume inference, {r['device']}, {r['threads']} threads, volume {r['shape']} at 0.8x0.8x5 mm, "
+          f"kn={r['kn']}, roi {r['patch']}, sw_batch {r['sw_batch_size']}")  # fmt: skip
+    for label, key in [("preprocessing (load, RAS, resample, normalise)", "preprocessing_s"),
+                       ("sliding window", "sliding_window_s"), ("invert + argmax + write", "postprocess_and_write_s"),
+                       ("total", "total_s")]:  # fmt: skip
+        print(f"{label:<48}{r[key]:>9.2f} s")
+    gpu = f", peak GPU {r['peak_gpu_mb']:.0f} MB" if r["peak_gpu_mb"] else ""
+    print(f"peak RSS {r['peak_rss_mb']:.0f} MB{gpu}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if cuda else "cpu")
+    p.add_argument("--shape", type=json.loads, default=[512, 512, 60] if cuda else [256, 256, 40])
+    p.add_argument("--kn", type=json.loads, default=[32, 48, 64, 80, 96])
+    p.add_argument("--patch", type=json.loads, default=None, help="roi size; default: the plan's patch")
+    p.add_argument("--sw_batch_size", type=int, default=4 if cuda else 2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="tiny volume and network, for a smoke test")
+    p.add_argument("--out", default=str(BUNDLE / "benchmarks" / "results" / "inference.json"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.shape, args.kn, args.patch = [64, 64, 10], [4, 4, 6, 6, 8], [48, 48, 8]
+    result = run(args)
+    print_table(result)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""Training-loop throughput: the real ``configs/train.json`` pipeline against the pure network step.
+
+Run ``python -m benchmarks.pipeline`` (``--quick`` for a seconds-long smoke run). The data loader, the cached
+deterministic preprocessing, the augmentation chain, the loss, gradient clipping and the optimizer all come from
+``train.json`` (parsed with MONAI's ConfigParser); the "pure" step feeds one fixed batch so that only the network,
+loss and optimizer run. The loop keeps up when ``pipeline rate / pure rate`` is near 1 (target >= 0.9): then data
+loading and augmentation hide behind the network's compute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from monai.bundle import ConfigParser
+
+from scripts.demo_data import write_dataset
+
+BUNDLE = Path(__file__).resolve().parents[1]
+
+
+def parse_train_config(data_dir: Path, work_dir: Path, args: argparse.Namespace) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    parser.update(
+        {
+            "bundle_root": str(work_dir),
+            "plan_file": str(BUNDLE / "configs" / "plan.json"),
+            "dataset_dir": str(data_dir),
+            "kn": args.kn,
+            "patch_size": args.patch,
+            "batch_size": args.batch,
+            "num_workers": args.workers,
+            "device": args.device,
+        }
+    )
+    return parser
+
+
+def make_step(parser: ConfigParser):
+    """One optimisation step as SupervisedTrainer does it: forward, DS loss, backward, clip to 12, SGD."""
+    network, loss_fn, optimizer = (parser.get_parsed_content(k) for k in ("network", "loss", "optimizer"))
+    device = next(network.parameters()).device
+    network.train()
+
+    def step(image: torch.Tensor, label: torch.Tensor) -> None:
+        image, label = image.to(device), label.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(network(image), label)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
+        optimizer.step()
+
+    return step
+
+
+def timed(fn, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # tiny weights late in a run must not hit slow denormal arithmetic
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir, work_dir = Path(tmp) / "data", Path(tmp) / "work"
+        sizes = {"inplane_range": (48, 56), "slices_range": (9, 12)} if args.quick else {}
+        write_dataset(data_dir, num_cases=args.cases + 2, num_test=2, seed=0, **sizes)
+        parser = parse_train_config(data_dir, work_dir, args)
+        loader = parser.get_parsed_content("train#dataloader")  # builds the cache (not timed)
+        step = make_step(parser)
+
+        batches = iter(_cycle(loader))
+        fixed = next(batches)
+        pure_batch = (fixed["image"].as_tensor(), fixed["label"].as_tensor())
+        step(*pure_batch)  # warm-up
+
+        def data_only():
+            next(batches)
+
+        def pipeline():
+            batch = next(batches)
+            step(batch["image"], batch["label"])
+
+        def pure():
+            step(*pure_batch)
+
+        pure_t, pipe_t, data_t = [], [], []
+        for _ in range(args.repeats):  # alternate, so both see the same machine load
+            pure_t += timed(pure, args.steps)
+            pipe_t += timed(pipeline, args.steps)
+            data_t += timed(data_only, args.steps)
+    pure_s, pipe_s, data_s = (statistics.median(t) for t in (pure_t, pipe_t, data_t))
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "device": args.device,
+        "cpu": platform.processor() or platform.machine(),
+        "threads": args.threads,
+        "workers": args.workers,
+        "torch": torch.__version__,
+        "kn": args.kn,
+        "patch": args.patch,
+        "batch": args.batch,
+        "pure_step_s": pure_s,
+        "pipeline_step_s": pipe_s,
+        "data_only_s": data_s,
+        "pipeline_over_pure_rate": pure_s / pipe_s,
+    }
+
+
+def _cycle(loader):
+    while True:
+        yield from loader
+
+
+def print_table(result: dict) -> None:
+    print(f"\nTraining loop, {result['device']}, {result['threads']} threads, {result['workers']} workers, "
+          f"kn={result['kn']}, batch {result['batch']} x {result['patch']}")  # fmt: skip
+    print(f"{'work':<34}{'s/iter':>10}{'iter/s':>10}")
+    for label, key in [("pure network step", "pure_step_s"), ("train.json pipeline", "pipeline_step_s"),
+                       ("data loading + augmentation only", "data_only_s")]:  # fmt: skip
+        print(f"{label:<34}{result[key]:>10.3f}{1 / result[key]:>10.2f}")
+    print(f"pipeline rate / pure rate: {result['pipeline_over_pure_rate']:.2f} (target >= 0.90)")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--kn", type=json.loads, default=[32, 48, 64, 80, 96])
+    p.add_argument("--patch", type=json.loads, default=[128, 128, 16])
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cases", type=int, default=8)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="tiny data and network, for a smoke test")
+    p.add_argument("--out", default=str(BUNDLE / "benchmarks" / "results" / "pipeline.json"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.kn, args.patch, args.steps, args.repeats = [4, 4, 6, 6, 8], [48, 48, 8], 2, 1
+        args.cases, args.workers = 5, 0
+    result = run(args)
+    print_table(result)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
