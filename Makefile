@@ -36,5 +36,19 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.network
 
+package: $(STAMP)
+	$(PY) -m scripts.package --bundle_root . --out_dir dist
+
+MONAILABEL_VENV := .venv-monailabel
+$(MONAILABEL_VENV)/.installed: tests/monailabel/requirements.txt requirements.txt
+	$(PYTHON) -m venv $(MONAILABEL_VENV)
+	$(MONAILABEL_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MONAILABEL_VENV)/bin/python -m pip install --quiet -r tests/monailabel/requirements.txt \
+		$$(grep -v -E '^[[:space:]]*(#|$$|torch==|numpy==|monai==)' requirements.txt)
+	touch $@
+
+test-monailabel: $(MONAILABEL_VENV)/.installed
+	PATH="$(CURDIR)/$(MONAILABEL_VENV)/bin:$$PATH" $(MONAILABEL_VENV)/bin/python tests/monailabel/run_check.py
+
 clean:
 	rm -rf $(VENV) dist eval runs .pytest_cache

@@ -32,6 +32,7 @@ install_excepthook()
 logger = logging.getLogger("mnet.check_data")
 AFFINE_TOL_MM = 1e-3  # image/label affines may differ by rounding only
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+NOT_CONFIGS = ("metadata.json", "plan.json")  # next to the configs but not bundle settings
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def _load(path: Any, problems: list[Problem]) -> _Volume | None:
         return None
     path = os.fspath(path)
     if not os.path.isfile(path):
-        problems.append(Problem(path, "file not found", "an existing file (paths are relative to dataset_dir)"))
+        problems.append(Problem(path, "file not found", "an existing file; datalist paths are relative to dataset_dir"))
         return None
     try:
         return _read(path)
@@ -262,7 +263,7 @@ def check_or_raise(cases: Any, plan: dict | None = None, what: str = "the data")
     for problem in problems:
         logger.error(str(problem))
     more = f" (+{len(problems) - 1} more problem(s) listed above)" if len(problems) > 1 else ""
-    raise BundleInputError(f"{problems[0]}{more}; `python -m scripts.check_data` lists all, --check_data false skips")
+    raise BundleInputError(f"{problems[0]}{more}; `python -m scripts.check_data` lists all, --check_data False skips")
 
 
 def state_dict_mismatch(state: dict, module: Any) -> str | None:
@@ -324,8 +325,9 @@ def check_output_dir(path: str) -> str:
 def _known_run_args() -> set[str]:
     from monai.bundle import ConfigWorkflow
     from monai.bundle.scripts import create_workflow, run
+    from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
 
-    names = set()
+    names = set(DEFAULT_MLFLOW_SETTINGS["configs"])  # --tracking mlflow adds these ids (tracking_uri, run_name ...)
     for fn in (run, create_workflow, ConfigWorkflow.__init__):
         names |= {p.name for p in inspect.signature(fn).parameters.values() if p.kind != p.VAR_KEYWORD}
     return names - {"self"}
@@ -365,15 +367,18 @@ def check_overrides(argv: list[str] | None = None) -> None:
     if pairs.get("args_file"):
         pairs.update(ConfigParser.load_config_file(pairs["args_file"]))
     for config in _as_files(pairs.get("config_file") or []):
-        content = ConfigParser.load_config_file(config) if Path(config).is_file() else {}
-        known |= set(content) if isinstance(content, dict) else set()
+        # ids of the sibling configs count too: one argument list shared by train and inference is not a typo
+        siblings = [p for p in Path(config).parent.glob("*.json") if p.name not in NOT_CONFIGS]
+        for path in [Path(config), *siblings]:
+            content = ConfigParser.load_config_file(str(path)) if path.is_file() else {}
+            known |= set(content) if isinstance(content, dict) else set()
     for name in pairs:
         top = name.split("#", 1)[0]
         if top not in known:
             hint = difflib.get_close_matches(top, sorted(known), n=1)
             guess = f" (did you mean --{hint[0]}?)" if hint else ""
             raise BundleInputError(f"--{name}: unknown setting, the configs define no '{top}'{guess}; MONAI would "
-                                   "silently ignore it (--check_data false skips this check)")
+                                   "silently ignore it (--check_data False skips this check)")
 
 
 def main(dataset_dir: str, datalist: str = "dataset.json", plan: str | None = None, fold: int | None = None) -> None:

@@ -8,6 +8,7 @@ import tempfile
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
 from monai.engines import IterationEvents
 
 
@@ -65,9 +66,8 @@ def _key_metric_checkpoints(evaluator: Engine) -> list:
     """
     found = []
     for handler, _, _ in evaluator._event_handlers.get(Events.EPOCH_COMPLETED, []):
-        owner = getattr(handler, "__self__", None)
-        checkpoint = getattr(owner, "_key_metric_checkpoint", None)
-        if checkpoint is not None:
+        checkpoint = getattr(getattr(handler, "__self__", None), "_key_metric_checkpoint", None)
+        if isinstance(checkpoint, Checkpoint):
             found.append(checkpoint)
     return found
 

@@ -180,8 +180,13 @@ def test_unknown_override_is_refused():
             str(ROOT / "configs/train.json"), "--epoch", "3", "--num_workers", "0"]
     with pytest.raises(BundleInputError, match=r"--epoch: unknown setting.*did you mean --epochs\?"):
         check_overrides(argv)
-    check_overrides([*argv[:5], "--epochs", "3", "--train#handlers#0#enabled", "false", "--resume"])
+    check_overrides([*argv[:5], "--epochs", "3", "--train#handlers#0#enabled", "False", "--resume"])
     check_overrides(["pytest", "--epoch", "3"])  # not the MONAI CLI: nothing to check
+    inference = [argv[0], "run", "--config_file", str(ROOT / "configs/inference.json")]
+    check_overrides([*inference, "--cache_rate", "1.0"])  # a train.json setting in a shared argument list is fine
+    with pytest.raises(BundleInputError, match="--epoch: unknown setting"):
+        check_overrides([*inference, "--epoch", "3"])
+    check_overrides([*argv[:5], "--resume", "false", "--tracking_uri", "file:///tmp/mlruns"])  # as_bool reads it
 
 
 def test_truncated_gzip_detected_even_with_intact_header(tmp_path: Path):

@@ -21,32 +21,46 @@ def _pair(options: dict, thick_axis: int = -1, fmu: str = "sub") -> tuple[MNet, 
     return plain, fast
 
 
-def _grads(net: MNet) -> dict[str, torch.Tensor]:
-    """Gradients by name; a parameter without gradient (a skipped bias) counts as zero gradient."""
-    return {n: p.grad if p.grad is not None else torch.zeros_like(p) for n, p in net.named_parameters()}
-
-
-def _train_outputs_and_grads(net: MNet, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+def _run(net: MNet, x: torch.Tensor) -> list[torch.Tensor]:
+    """Train-mode outputs, eval output, then the gradient of every parameter (a skipped bias counts as zero)."""
+    net.zero_grad(set_to_none=True)
     outputs = net.train()(x)
     sum(o.square().mean() * (i + 1) for i, o in enumerate(outputs)).backward()
-    return [o.detach() for o in outputs], _grads(net)
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in net.parameters()]
+    with torch.no_grad():
+        final = net.eval()(x)
+    return [o.detach() for o in outputs] + [final] + grads
 
 
-@pytest.mark.parametrize("options", CASES, ids=lambda o: "+".join(o))
-@pytest.mark.parametrize("thick_axis,shape", [(-1, (32, 32, 16)), (0, (12, 32, 48))])
+ALL = dict.fromkeys(OPTIONS, True)
+EQUIVALENCE_CASES = [(case, -1, (32, 32, 8)) for case in CASES] + [(ALL, 0, (8, 32, 48)), (ALL, 1, (32, 8, 32))]
+
+
+@pytest.mark.parametrize(
+    "options,thick_axis,shape", EQUIVALENCE_CASES, ids=lambda v: "+".join(v) if isinstance(v, dict) else str(v)
+)
 def test_option_matches_plain_path(options, thick_axis, shape):
+    """Same weights, same input: the 7 training outputs, the eval output and every gradient match the plain path.
+
+    float64 (only summation order differs): all agree to 1e-9, i.e. the options are exact.
+    float32: outputs agree within 1e-5 (or twice the plain path's own float32 error against float64 where a random
+    tiny net amplifies rounding more). Weight gradients are sums over all voxels of terms that instance norm makes
+    cancel, so a different but equally valid reduction order (oneDNN picks another kernel without bias) moves them by
+    up to ~1e-3 of their size; they are checked at 1e-2 of their largest value.
+    """
     plain, fast = _pair(options, thick_axis)
-    x = torch.randn(2, 1, *shape)
-    out_plain, grad_plain = _train_outputs_and_grads(plain, x)
-    out_fast, grad_fast = _train_outputs_and_grads(fast, x)
-    assert len(out_plain) == len(out_fast) == 7
-    for a, b in zip(out_plain, out_fast):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
-    assert grad_plain.keys() == grad_fast.keys()
-    for name in grad_plain:
-        torch.testing.assert_close(grad_fast[name], grad_plain[name], rtol=1e-5, atol=1e-5, msg=name)
-    with torch.inference_mode():
-        torch.testing.assert_close(fast.eval()(x), plain.eval()(x), rtol=1e-5, atol=1e-5)
+    x = torch.randn(1, 1, *shape)
+    plain32, fast32 = _run(plain, x), _run(fast, x)
+    plain64, fast64 = _run(plain.double(), x.double()), _run(fast.double(), x.double())
+    assert len(plain32) == len(fast32) == len(plain64)
+    for i, (p32, f32, p64, f64) in enumerate(zip(plain32, fast32, plain64, fast64)):
+        torch.testing.assert_close(f64, p64, rtol=1e-9, atol=1e-9)
+        scale = 1 + p64.abs().max().item()
+        if i < 8:  # outputs
+            noise = (p32.double() - p64).abs().max().item()
+            assert (f32 - p32).abs().max().item() <= max(1e-5 * scale, 2 * noise)
+        else:
+            assert (f32 - p32).abs().max().item() <= 1e-2 * scale
 
 
 @pytest.mark.parametrize("options", CASES, ids=lambda o: "+".join(o))
@@ -82,7 +96,7 @@ def test_benchmark_quick_writes_json(tmp_path):
     from benchmarks.network import main
 
     out = tmp_path / "network.json"
-    main(device="cpu", quick=True, out=str(out), memory=False)
+    main(device="cpu", quick=True, out=str(out), memory=False, models=["dynunet", "mnet", "mnet+fast"])
     report = json.loads(out.read_text())
     assert {"date", "torch", "device", "threads", "patch", "peak_gflops", "models"} <= report.keys()
     names = [m["name"] for m in report["models"]]
