@@ -2,7 +2,8 @@
 
 `ci/verify_bundle.py` (directory, version, metadata, `verify_net_in_out`, `ckpt_export`), `onnx_export`, and the zoo's
 unit-test pattern (`ConfigWorkflow(...)`: `initialize`, `check_properties() == []`, `run`, `finalize`) for train,
-train+evaluate and infer. Training and inference use tiny widths and patches so the module runs in about a minute.
+train+evaluate and infer. Training and inference use tiny widths and patches; the module needs about 2 CPU-minutes,
+most of it the ONNX export, the default-width shape check and one training epoch.
 """
 
 from __future__ import annotations
@@ -54,12 +55,16 @@ def _files(bundle: Path) -> dict:
     }
 
 
-def _tiny_network(bundle: Path) -> torch.nn.Module:
-    """`network_def` exactly as the inference config builds it, at the tiny test width."""
+def _network(bundle: Path, **override) -> torch.nn.Module:
+    """`network_def` exactly as the inference config builds it (default width unless `kn` is overridden)."""
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "inference.json"))
-    parser.update({"bundle_root": str(bundle), "kn": TINY["kn"]})
+    parser.update({"bundle_root": str(bundle), **override})
     return parser.get_parsed_content("network_def")
+
+
+def _tiny_network(bundle: Path) -> torch.nn.Module:
+    return _network(bundle, kn=TINY["kn"])
 
 
 @pytest.fixture(autouse=True)
@@ -86,10 +91,12 @@ def dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def export_bundle(tmp_path_factory) -> Path:
-    """Bundle copy with models/model.pt = the state dict of a freshly instantiated tiny `network_def`."""
+    """Bundle copy with models/model.pt = the state dict of a freshly instantiated default-width `network_def` (what
+    the zoo CI exports), and models/model_tiny.pt = the same at the tiny test width (for the slower ONNX export)."""
     bundle = _copy_bundle(tmp_path_factory.mktemp("zoo_export") / "mnet_anisotropic_segmentation")
     torch.manual_seed(0)
-    torch.save(_tiny_network(bundle).state_dict(), bundle / "models" / "model.pt")
+    torch.save(_network(bundle).state_dict(), bundle / "models" / "model.pt")
+    torch.save(_tiny_network(bundle).state_dict(), bundle / "models" / "model_tiny.pt")
     return bundle
 
 
@@ -187,9 +194,9 @@ def test_every_tracked_file_is_under_25_mb():
     listed = subprocess.run(["git", "ls-files", "-z"], cwd=BUNDLE, capture_output=True, check=True).stdout
     paths = [BUNDLE / p for p in listed.decode().split("\0") if p]
     assert paths
-    too_big = {str(p.relative_to(BUNDLE)): p.stat().st_size for p in paths if p.is_file()}
-    too_big = {k: v for k, v in too_big.items() if v > MAX_TRACKED_BYTES}
-    assert not too_big
+    sizes = {str(p.relative_to(BUNDLE)): p.stat().st_size for p in paths if p.is_file()}
+    assert sizes
+    assert not {name: size for name, size in sizes.items() if size > MAX_TRACKED_BYTES}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -212,6 +219,7 @@ def test_verify_net_in_out_default_width(export_bundle):
 
 
 def test_ckpt_export_torchscript_round_trip(export_bundle):
+    """Exactly the zoo call (default width, models/model.pt a plain state dict), then `torch.jit.load` like the CI."""
     files = _files(export_bundle)
     ts_path = export_bundle / "models" / "verify_model.ts"
     ckpt_export(
@@ -221,13 +229,12 @@ def test_ckpt_export_torchscript_round_trip(export_bundle):
         meta_file=files["meta_file"],
         config_file=files["inference"],
         bundle_root=str(export_bundle),
-        kn=TINY["kn"],
     )
     extra = {"metadata.json": "", "inference.json": ""}
     loaded = torch.jit.load(str(ts_path), _extra_files=extra)
     assert json.loads(extra["metadata.json"])["version"] == json.loads(Path(files["meta_file"]).read_text())["version"]
     assert "network_def" in json.loads(extra["inference.json"])
-    net = _tiny_network(export_bundle).eval()
+    net = _network(export_bundle).eval()
     net.load_state_dict(torch.load(export_bundle / "models" / "model.pt", weights_only=True))
     x = torch.randn(1, 1, 64, 64, 8)
     with torch.no_grad():
@@ -253,7 +260,7 @@ def test_onnx_export_cli_matches_pytorch(export_bundle):
         sys.executable, "-m", "monai.bundle", "onnx_export",
         "--net_id", "network_def",
         "--filepath", "models/model.onnx",
-        "--ckpt_file", "models/model.pt",
+        "--ckpt_file", "models/model_tiny.pt",
         "--meta_file", "configs/metadata.json",
         "--config_file", "configs/inference.json",
         "--bundle_root", ".",
@@ -266,7 +273,7 @@ def test_onnx_export_cli_matches_pytorch(export_bundle):
     assert onnx_path.is_file()
 
     net = _tiny_network(export_bundle).eval()
-    net.load_state_dict(torch.load(export_bundle / "models" / "model.pt", weights_only=True))
+    net.load_state_dict(torch.load(export_bundle / "models" / "model_tiny.pt", weights_only=True))
     net64 = _tiny_network(export_bundle).double().eval()
     net64.load_state_dict(net.state_dict())
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
