@@ -523,6 +523,7 @@ def plan_dataset(
     modality, named_channels = resolve_modality(modality, data, source)
     labels = datalist_labels(data, source)
     check_files(entries, source)
+    _integrity_check(entries, labels)
     stats = summarize_report(run_analyzer(entries, source, datastats, workers))
     plan = decide_plan(stats, modality, labels, gpu_memory_gb, kn, source=str(source))
     if named_channels is not None and named_channels != plan["in_channels"]:
@@ -532,6 +533,19 @@ def plan_dataset(
         )
     save_plan(plan, output or DEFAULT_OUTPUT)
     return plan
+
+
+def _integrity_check(entries: list[dict[str, Any]], labels: dict[str, str] | None) -> None:
+    """The same per-case checks as training's start-up (scripts.check_data): print every problem, raise on the
+    first, so a bad case is found before the analysis rather than skewing the plan."""
+    from scripts.check_data import check_cases
+
+    problems = check_cases(entries, None, num_classes=len(labels) if labels else None)
+    for problem in problems:
+        print(problem)
+    if problems:
+        first = problems[0]
+        raise ValueError(f"{first.file}: {first.problem} ({len(problems)} problem(s) found, all listed above)")
 
 
 STATIC_WHY = {"plan_version": "format version of docs/plan_format.md.", "out_channels": "number of labels."}

@@ -271,3 +271,16 @@ def test_summarize_report_skips_empty_cases_for_intensities():
     assert stats["fg_intensity"] == {"p00_5": 30.0, "p99_5": 130.0, "mean": 80.0, "std": 10.0}
     assert stats["classes"] == [0, 1, 2] and stats["cases_with_foreground"] == 2
     assert stats["shapes"] == [[48, 48, 10]] * 3 and stats["channels"] == [1, 1, 1]
+
+
+def test_integrity_problems_stop_planning_before_analysis(tmp_path):
+    """Planning runs the same per-case checks as training's start-up (scripts.check_data)."""
+    training = [_case(tmp_path, n, *CASES[0]) for n in ("a", "b")]
+    bad = nib.load(tmp_path / "imagesTr" / "b.nii.gz")
+    array = np.asarray(bad.dataobj, dtype=np.float32)
+    array[0, 0, 0] = np.nan
+    _save(tmp_path / "imagesTr" / "b.nii.gz", array, CASES[0][0])
+    root = _dataset(tmp_path, training)
+    with pytest.raises(ValueError, match=r"b\.nii\.gz: .*NaN"):
+        plan_dataset(str(root), "dataset.json", output=str(tmp_path / "plan.json"), workers=0)
+    assert not (tmp_path / "plan.json").exists()
