@@ -35,6 +35,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.network
+	$(PY) -m benchmarks.pipeline
+	$(PY) -m benchmarks.inference
 
 package: $(STAMP)
 	$(PY) -m scripts.package --bundle_root . --out_dir dist

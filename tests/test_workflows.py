@@ -130,3 +130,9 @@ def test_torchrun_two_processes_on_cpu(data, tmp_path):
     )  # fmt: skip
     state = torch.load(work / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state), "DDP wrapper is stripped from the saved weights"
+    bundle_run(
+        "--config_file", "['configs/train.json','configs/evaluate.json','configs/multi_gpu_evaluate.json']",
+        *common(work, data), "--eval_split", "test", launcher=launcher, extra_env={"OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    rows = list(csv.reader(open(work / "eval" / "evaluation" / "val_mean_dice_raw.csv")))
+    assert len(rows) == 1 + 2, "both ranks' cases are gathered into one table"
