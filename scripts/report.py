@@ -28,6 +28,7 @@ CT_WINDOW = (-60.0, 240.0)  # level 90 / width 300 HU: organ (~100-140 HU) and i
 CLASS_COLOURS = [(0.0, 0.0, 0.0, 0.0), (0.1, 0.85, 0.3, 0.35), (1.0, 0.15, 0.15, 0.6)]  # background, label 1, label 2
 CONTOUR_COLOURS = ["#2ee05a", "#ff3030", "#3fa0ff", "#ffd000"]
 METRICS = {"dice": "val_mean_dice", "hd95_mm": "val_hd95_mm", "surface_dice": "val_surface_dice"}
+DIGITS = {"dice": 3, "hd95_mm": 1, "surface_dice": 3}
 METRIC_TITLES = {"dice": "Dice", "hd95_mm": "HD95 (mm)", "surface_dice": "surface Dice"}
 FULL_CONNECTIVITY = np.ones((3, 3, 3), bool)  # lesions span 1-3 thick slices; count diagonal neighbours as connected
 
@@ -186,8 +187,9 @@ def metrics_markdown(metrics: dict[str, Any], detection: dict[str, Any] | None =
         lines += [f"## {name}", "", "| case | " + " | ".join(METRIC_TITLES.values()) + " |",
                   "|---|" + "---:|" * len(METRICS)]
         for case, row in metrics["cases"].items():
-            lines.append(f"| {case} | " + " | ".join(_fmt(row[name][k]) for k in METRICS) + " |")
-        lines.append("| **mean** | " + " | ".join(f"**{_fmt(metrics['mean'][name][k])}**" for k in METRICS) + " |")
+            lines.append(f"| {case} | " + " | ".join(_fmt(row[name][k], DIGITS[k]) for k in METRICS) + " |")
+        lines.append("| **mean** | " + " | ".join(f"**{_fmt(metrics['mean'][name][k], DIGITS[k])}**" for k in METRICS)
+                     + " |")
         lines.append("")
     if detection:
         lines += detection_markdown(detection)
