@@ -165,8 +165,9 @@ def peak_gflops(device: torch.device, size: int = 2048, repeats: int = 5) -> flo
 
 
 def measure_memory(name: str, device: torch.device, patch: tuple[int, int, int]) -> float:
-    """Peak memory (MB) of two train steps beyond what the set-up model and inputs hold. CPU: peak RSS of this
-    process (``ru_maxrss``) minus the RSS before the first step; CUDA: ``max_memory_allocated`` beyond the baseline."""
+    """Peak memory (MB) of two train steps beyond what the set-up model and inputs hold. CPU: the peak RSS of this
+    process (``VmHWM``; not ``ru_maxrss``, which a child inherits from its parent across exec) minus the RSS before
+    the first step; CUDA: ``max_memory_allocated`` beyond the baseline."""
     runner = Runner(name, device, patch)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -181,7 +182,19 @@ def measure_memory(name: str, device: torch.device, patch: tuple[int, int, int])
     base = psutil.Process().memory_info().rss
     runner.train_step()
     runner.train_step()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base) / 2**20
+    return (_peak_rss_bytes() - base) / 2**20
+
+
+def _peak_rss_bytes() -> int:
+    """This process's RSS high-water mark (Linux ``/proc/self/status`` VmHWM, else ``ru_maxrss``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def memory_in_subprocess(name: str, device: torch.device, patch: tuple[int, int, int], threads: int) -> float | None:

@@ -33,31 +33,39 @@ def _run(net: MNet, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 ALL = dict.fromkeys(OPTIONS, True)
-EQUIVALENCE_CASES = [(case, -1, (32, 32, 8)) for case in CASES] + [(ALL, 0, (8, 32, 48)), (ALL, 1, (32, 8, 32))]
+# float64 convolutions run on a slow reference kernel, so the exactness check in float64 runs once, with every
+# option on; each option alone and the other thick axes are checked in float32 against the plain path.
+EQUIVALENCE_CASES = [(ALL, -1, (32, 32, 8), True)] + [(case, -1, (32, 32, 8), False) for case in CASES[:-1]]
+EQUIVALENCE_CASES += [(ALL, 0, (8, 32, 48), False), (ALL, 1, (32, 8, 32), False)]
 
 
 @pytest.mark.parametrize(
-    "options,thick_axis,shape", EQUIVALENCE_CASES, ids=lambda v: "+".join(v) if isinstance(v, dict) else str(v)
+    "options,thick_axis,shape,float64",
+    EQUIVALENCE_CASES,
+    ids=lambda v: "+".join(v) if isinstance(v, dict) else str(v),
 )
-def test_option_matches_plain_path(options, thick_axis, shape):
+def test_option_matches_plain_path(options, thick_axis, shape, float64):
     """Same weights, same input: the 7 training outputs, the eval output and every gradient match the plain path.
 
     float64 (only summation order differs): all agree to 1e-9, i.e. the options are exact.
     float32: outputs agree within 1e-5 (or twice the plain path's own float32 error against float64 where a random
-    tiny net amplifies rounding more). Weight gradients are sums over all voxels of terms that instance norm makes
-    cancel, so a different but equally valid reduction order (oneDNN picks another kernel without bias) moves them by
-    up to ~1e-3 of their size; they are checked at 1e-2 of their largest value.
+    tiny net amplifies rounding more; without the float64 run, 1e-4 of the output scale). Weight gradients are sums
+    over all voxels of terms that instance norm makes cancel, so a different but equally valid reduction order
+    (oneDNN picks another kernel without bias) moves them by up to ~1e-3 of their size; they are checked at 1e-2 of
+    their largest value.
     """
     plain, fast = _pair(options, thick_axis)
     x = torch.randn(1, 1, *shape)
     plain32, fast32 = _run(plain, x), _run(fast, x)
-    plain64, fast64 = _run(plain.double(), x.double()), _run(fast.double(), x.double())
-    assert len(plain32) == len(fast32) == len(plain64)
-    for i, (p32, f32, p64, f64) in enumerate(zip(plain32, fast32, plain64, fast64)):
-        torch.testing.assert_close(f64, p64, rtol=1e-9, atol=1e-9)
-        scale = 1 + p64.abs().max().item()
+    assert len(plain32) == len(fast32)
+    if float64:
+        plain64, fast64 = _run(plain.double(), x.double()), _run(fast.double(), x.double())
+        for p64, f64 in zip(plain64, fast64):
+            torch.testing.assert_close(f64, p64, rtol=1e-9, atol=1e-9)
+    for i, (p32, f32) in enumerate(zip(plain32, fast32)):
+        scale = 1 + p32.abs().max().item()
         if i < 8:  # outputs
-            noise = (p32.double() - p64).abs().max().item()
+            noise = (p32.double() - plain64[i]).abs().max().item() if float64 else 5e-5 * scale
             assert (f32 - p32).abs().max().item() <= max(1e-5 * scale, 2 * noise)
         else:
             assert (f32 - p32).abs().max().item() <= 1e-2 * scale
