@@ -24,6 +24,8 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import decollate_batch, list_data_collate
 
+from benchmarks.common import write_json
+
 BUNDLE = Path(__file__).resolve().parents[1]
 
 
@@ -135,9 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.shape, args.kn, args.patch = [64, 64, 10], [4, 4, 6, 6, 8], [48, 48, 8]
     result = run(args)
     print_table(result)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_json(result, args.out)
     return result
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from monai.bundle import ConfigParser
 
+from benchmarks.common import write_json
 from scripts.demo_data import write_dataset
 
 BUNDLE = Path(__file__).resolve().parents[1]
@@ -153,9 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.cases, args.workers = 5, 0
     result = run(args)
     print_table(result)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_json(result, args.out)
     return result
 
 
