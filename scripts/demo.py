@@ -1,6 +1,6 @@
 """`make demo`: synthetic thick-slice CT -> plan -> train MNet -> evaluate on held-out cases -> inference -> report.
 
-    python -m scripts.demo --work_dir demo [--epochs 40] [--iterations_per_epoch 10] [--kn "[8,12,16,20,24]"]
+    python -m scripts.demo --work_dir demo [--epochs 60] [--iterations_per_epoch 10] [--kn "[8,12,16,20,24]"]
         [--patch_size "[64,64,16]"] [--learning_rate 0.01] [--val_interval 10] [--fresh true] [--quick true]
 
 Training, evaluation and inference run the bundle's own configs as subprocesses - the commands a user would type,
@@ -50,10 +50,10 @@ class Profile:
 
 
 PROFILES = {
-    # 2 CPU cores: 1/4 of the paper's widths, 64x64x16 patches, 400 iterations; validation (sliding window over whole
+    # 2 CPU cores: 1/4 of the paper's widths, 64x64x16 patches, 600 iterations; validation (sliding window over whole
     # volumes) only every 20 epochs because it costs as much as ~20 training iterations; 80 % organ/lesion-centred
     # crops instead of 33 % so the small lesions are seen often enough in so short a training.
-    "cpu": Profile(kn=(8, 12, 16, 20, 24), patch_size=(64, 64, 16), batch_size=2, epochs=40, iterations_per_epoch=10,
+    "cpu": Profile(kn=(8, 12, 16, 20, 24), patch_size=(64, 64, 16), batch_size=2, epochs=60, iterations_per_epoch=10,
                    val_interval=20, learning_rate=0.01, num_workers=1, lesion_oversampling=0.8,
                    data={"num_cases": 24, "num_test": 4}),
     "cuda": Profile(kn=(32, 48, 64, 80, 96), patch_size=None, batch_size=None, epochs=100, iterations_per_epoch=50,
