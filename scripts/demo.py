@@ -163,17 +163,9 @@ def run_bundle(args: Sequence[str], log_file: Path) -> None:
         raise SystemExit(f"error: the bundle command failed (exit code {code}); full log: {log_file}")
 
 
-def oversampling_args(share: float | None, config: Path = REPO_ROOT / "configs" / "train.json") -> list[str]:
-    """Override the weights of train.json's crop choice (OneOf: random crop | RandCropByLabelClassesd), found by
-    content rather than a hard-coded list index, so an edit of the config cannot silently retarget the override."""
-    if share is None:
-        return []
-    transforms = json.loads(config.read_text())["train"]["random_transforms"]
-    index = next((i for i, t in enumerate(transforms) if isinstance(t, dict) and t.get("_target_") == "OneOf"
-                  and "RandCropByLabelClassesd" in json.dumps(t)), None)
-    if index is None:
-        raise SystemExit(f"error: {config}: no OneOf crop choice in train#random_transforms to set the oversampling")
-    return [f"--train#random_transforms#{index}#weights", json.dumps([round(1 - share, 4), share])]
+def oversampling_args(share: float | None) -> list[str]:
+    """train.json's ``foreground_oversampling``: the share of label-centred training crops (None keeps 0.33)."""
+    return [] if share is None else ["--foreground_oversampling", str(share)]
 
 
 def common_args(work: Path, num_workers: int) -> list[str]:
