@@ -359,7 +359,7 @@ def main(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", help="auto, cpu or cuda")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help=f"patch {QUICK_PATCH} and 1 repeat, for a smoke test")
     parser.add_argument("--out", default="benchmarks/results/network.json")
