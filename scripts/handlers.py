@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 from monai.engines import IterationEvents
+
+from scripts.atomic import atomic_path
 
 
 class GradientClipHandler:
@@ -148,14 +149,5 @@ def _unwrap(obj):
 
 def atomic_torch_save(obj, path: str) -> None:
     """torch.save to a temporary file in the same folder, then rename: readers see the old or the new file only."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".pt")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".pt") as tmp:
         torch.save(obj, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints should be as readable as any saved file
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

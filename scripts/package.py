@@ -18,6 +18,8 @@ from pathlib import Path
 
 import fire
 
+from scripts.atomic import atomic_path
+
 BUNDLE_NAME = "mnet_anisotropic_segmentation"
 ZIP_DATE = (2022, 5, 30, 0, 0, 0)
 INCLUDE_DIRS = ("configs", "scripts", "docs")
@@ -77,14 +79,15 @@ def build(bundle_root: str | Path = ".", out_dir: str | Path = "dist") -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     target = out / zip_name(bundle_version(root))
-    partial = target.with_name(target.name + ".partial")
-    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+    with (
+        atomic_path(target, suffix=".zip") as partial,
+        zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive,
+    ):
         for name, source in entries:
             if source is None:
                 archive.writestr(_entry(name, is_dir=True), b"")
             else:
                 archive.writestr(_entry(name, is_dir=False), source.read_bytes(), compresslevel=9)
-    os.replace(partial, target)
     return target
 
 

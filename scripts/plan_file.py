@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from scripts.atomic import atomic_path
 from scripts.errors import BundleInputError, install_excepthook
 
 PLAN_VERSION = 1
@@ -170,18 +170,7 @@ def save_plan(plan: dict[str, Any], path: str | os.PathLike) -> Path:
     """Validate, then write atomically (temp file + os.replace) so a crash never leaves a half-written plan."""
     path = Path(path)
     validate_plan(plan, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644  # mkstemp would leave it owner-only (0600)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(plan, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, suffix=".json") as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(plan, f, indent=2)
+        f.write("\n")
     return path

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 from monai.data import NibabelWriter
+
+from scripts.atomic import atomic_path
 
 
 class AtomicNibabelWriter(NibabelWriter):
@@ -14,15 +15,6 @@ class AtomicNibabelWriter(NibabelWriter):
 
     def write(self, filename_or_obj, verbose: bool = False, **kwargs):
         target = os.fspath(filename_or_obj)
-        folder = os.path.dirname(os.path.abspath(target))
-        os.makedirs(folder, exist_ok=True)
         suffix = ".nii.gz" if target.endswith(".nii.gz") else os.path.splitext(target)[1]
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=suffix)
-        os.close(fd)
-        try:
+        with atomic_path(target, suffix=suffix) as tmp:
             super().write(tmp, verbose=verbose, **kwargs)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
