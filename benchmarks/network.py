@@ -6,7 +6,9 @@ compare ratios measured in the same run, not absolute times across runs. Peak me
 fresh subprocess (``--measure-memory NAME``) so that one model's allocations cannot hide another's.
 
 Work measured (3 classes): a train step (batch 2, forward + deep-supervision cross-entropy + backward + SGD step) and
-an inference forward (batch 1, eval, ``torch.inference_mode``). On CUDA, both run under fp16 autocast (AMP).
+an inference forward (batch 1, eval, ``torch.inference_mode``). On CUDA, both run under autocast (AMP, fp16 by
+default, ``--amp-dtype bfloat16`` for bf16) with ``cudnn.benchmark`` on (``--cudnn deterministic`` for the
+deterministic kernels that ``monai.utils.set_determinism`` selects).
 """
 
 from __future__ import annotations
@@ -100,7 +102,9 @@ def ds_loss(outputs: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
 class Runner:
     """One variant ready to run: model, optimizer, fixed inputs, and its train step / inference callables."""
 
-    def __init__(self, name: str, device: torch.device, patch: tuple[int, int, int]):
+    def __init__(
+        self, name: str, device: torch.device, patch: tuple[int, int, int], amp_dtype: torch.dtype = torch.float16
+    ):
         _, channels_last, compile_it = VARIANTS[name]
         self.name, self.device = name, device
         self.base = build(name).to(device)
@@ -113,12 +117,14 @@ class Runner:
         self.x_infer = torch.randn(1, 1, *patch, generator=generator).to(device, memory_format=fmt)
         self.target = torch.randint(0, NUM_CLASSES, (2, 1, *patch), generator=generator).float().to(device)
         self.amp = device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        self.amp_dtype = amp_dtype
+        # bf16 has fp32's exponent range: no loss scaling needed
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp and amp_dtype == torch.float16 else None
 
     def train_step(self) -> None:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             loss = ds_loss(split_outputs(self.model(self.x_train)), self.target)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -130,7 +136,7 @@ class Runner:
 
     def infer(self) -> None:
         self.model.eval()
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             self.model(self.x_infer)
 
 
@@ -145,13 +151,15 @@ def timed(fn: Callable[[], None], device: torch.device) -> float:
 
 
 def forward_gflop(name: str, patch: tuple[int, int, int]) -> float:
-    """Forward GFLOP of a batch-1 eval forward (torch's FlopCounterMode: convolutions and matmuls, 2 FLOP per MAC)."""
+    """Forward GFLOP of a batch-1 eval forward (torch's FlopCounterMode: convolutions and matmuls, 2 FLOP per MAC),
+    counted on the meta device: shapes only, no arithmetic, so large patches cost nothing to count."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = build(name).eval()
+    with torch.device("meta"):
+        model = build(name).eval()
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        model(torch.zeros(1, 1, *patch))
+        model(torch.zeros(1, 1, *patch, device="meta"))
     return counter.get_total_flops() / 1e9
 
 
@@ -164,11 +172,13 @@ def peak_gflops(device: torch.device, size: int = 2048, repeats: int = 5) -> flo
     return 2 * size**3 / best / 1e9
 
 
-def measure_memory(name: str, device: torch.device, patch: tuple[int, int, int]) -> float:
+def measure_memory(
+    name: str, device: torch.device, patch: tuple[int, int, int], amp_dtype: torch.dtype = torch.float16
+) -> float:
     """Peak memory (MB) of two train steps beyond what the set-up model and inputs hold. CPU: the peak RSS of this
     process (``VmHWM``; not ``ru_maxrss``, which a child inherits from its parent across exec) minus the RSS before
     the first step; CUDA: ``max_memory_allocated`` beyond the baseline."""
-    runner = Runner(name, device, patch)
+    runner = Runner(name, device, patch, amp_dtype)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -197,15 +207,27 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def memory_in_subprocess(name: str, device: torch.device, patch: tuple[int, int, int], threads: int) -> float | None:
+def memory_in_subprocess(
+    name: str, device: torch.device, patch: tuple[int, int, int], threads: int, amp_dtype: torch.dtype, cudnn: str
+) -> float | None:
     """Run ``measure_memory`` in a fresh interpreter (RSS high-water marks never go down within a process)."""
     cmd = [sys.executable, "-m", "benchmarks.network", "--measure-memory", name, "--device", device.type]
-    cmd += ["--threads", str(threads), "--patch", *map(str, patch)]
+    cmd += ["--threads", str(threads), "--patch", *map(str, patch), "--amp-dtype", str(amp_dtype).split(".")[-1]]
+    cmd += ["--cudnn", cudnn]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     if done.returncode != 0:
         print(f"memory measurement of {name} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
         return None
     return float(done.stdout.strip().splitlines()[-1])
+
+
+def configure_cudnn(mode: str) -> None:
+    """``benchmark``: let cuDNN time its algorithms per shape (what the bundle's configs do on a GPU);
+    ``deterministic``: the reproducible kernels, as ``monai.utils.set_determinism`` selects."""
+    if mode not in ("benchmark", "deterministic"):
+        raise ValueError(f"--cudnn must be benchmark or deterministic, not {mode!r}")
+    torch.backends.cudnn.benchmark = mode == "benchmark"
+    torch.backends.cudnn.deterministic = mode == "deterministic"
 
 
 def resolve_device(device: str) -> torch.device:
@@ -238,15 +260,23 @@ def _warm_up(runners: dict[str, Runner], device: torch.device) -> dict[str, floa
             print(f"{name}: skipped ({type(error).__name__}: {str(error).splitlines()[0][:200]})", file=sys.stderr)
             del runners[name]
             continue
+        print(f"{name}: first train step + inference {first:.1f} s", file=sys.stderr, flush=True)  # progress
         if VARIANTS[name][2]:
             compile_s[name] = round(first, 2)
     return compile_s
 
 
 def run_benchmark(
-    models: list[str], device: torch.device, patch: tuple[int, int, int], repeats: int, threads: int, memory: bool
+    models: list[str],
+    device: torch.device,
+    patch: tuple[int, int, int],
+    repeats: int,
+    threads: int,
+    memory: bool,
+    amp_dtype: torch.dtype = torch.float16,
+    cudnn: str = "benchmark",
 ) -> dict:
-    runners = {name: Runner(name, device, patch) for name in models}
+    runners = {name: Runner(name, device, patch, amp_dtype) for name in models}
     compile_s = _warm_up(runners, device)
     times: dict[str, dict[str, list[float]]] = {name: {"train": [], "infer": []} for name in runners}
     for repeat in range(repeats):
@@ -276,7 +306,7 @@ def run_benchmark(
                 "infer_times": [round(t, 4) for t in times[name]["infer"]],
                 "gflops": round(3 * 2 * gflop / train_s, 1),  # train step: batch 2, backward ~ 2x forward
                 "infer_gflops": round(gflop / infer_s, 1),
-                "peak_mb": memory_in_subprocess(name, device, patch, threads) if memory else None,
+                "peak_mb": memory_in_subprocess(name, device, patch, threads, amp_dtype, cudnn) if memory else None,
             }
         )
     by_name = {row["name"]: row for row in rows}
@@ -292,7 +322,8 @@ def run_benchmark(
         "torch": torch.__version__,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
-        "amp": device.type == "cuda",
+        "amp": str(amp_dtype).split(".")[-1] if device.type == "cuda" else None,
+        "cudnn": cudnn if device.type == "cuda" else None,
         "threads": torch.get_num_threads(),
         "patch": list(patch),
         "train_batch": 2,
@@ -333,6 +364,8 @@ def main(
     memory: bool = True,
     threads: int = 2,
     patch: list[int] | None = None,
+    amp_dtype: str = "float16",
+    cudnn: str = "benchmark",
 ) -> dict:
     """Measure, print a markdown table, write the JSON report to ``out`` and return it."""
     torch_device = resolve_device(device)
@@ -347,9 +380,11 @@ def main(
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown models {unknown}; choose from {list(VARIANTS)}")
-    report = run_benchmark(names, torch_device, size, repeats, threads, memory)
+    configure_cudnn(cudnn)
+    report = run_benchmark(names, torch_device, size, repeats, threads, memory, getattr(torch, amp_dtype), cudnn)
+    amp = f"  AMP {report['amp']}  cudnn {report['cudnn']}" if report["amp"] else ""
     print(f"{report['date']}  torch {report['torch']}  {report['device_name']}  {report['threads']} threads  "
-          f"patch {report['patch']}  peak matmul {report['peak_gflops']} GFLOP/s")  # fmt: skip
+          f"patch {report['patch']}  peak matmul {report['peak_gflops']} GFLOP/s{amp}")  # fmt: skip
     print(format_table(report))
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -368,6 +403,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the memory subprocesses")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--patch", type=int, nargs=3, help="override the patch (x y z), thick axis last")
+    parser.add_argument("--amp-dtype", default="float16", choices=["float16", "bfloat16"], help="CUDA autocast")
+    parser.add_argument("--cudnn", default="benchmark", choices=["benchmark", "deterministic"], help="cuDNN mode")
     parser.add_argument("--measure-memory", metavar="MODEL", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -376,8 +413,9 @@ if __name__ == "__main__":
     args = parse_args()
     if args.measure_memory:
         torch.set_num_threads(args.threads)
+        configure_cudnn(args.cudnn)
         size = tuple(args.patch) if args.patch else FULL_PATCH
-        print(measure_memory(args.measure_memory, resolve_device(args.device), size))
+        print(measure_memory(args.measure_memory, resolve_device(args.device), size, getattr(torch, args.amp_dtype)))
     else:
         main(
             device=args.device,
@@ -389,4 +427,6 @@ if __name__ == "__main__":
             memory=args.memory,
             threads=args.threads,
             patch=args.patch,
+            amp_dtype=args.amp_dtype,
+            cudnn=args.cudnn,
         )

@@ -46,18 +46,26 @@ def parse_train_config(data_dir: Path, work_dir: Path, args: argparse.Namespace)
 
 
 def make_step(parser: ConfigParser):
-    """One optimisation step as SupervisedTrainer does it: forward, DS loss, backward, clip to 12, SGD."""
+    """One optimisation step as SupervisedTrainer does it: forward, DS loss, backward, clip to 12, SGD; under fp16
+    autocast with loss scaling where the config turns AMP on (CUDA)."""
     network, loss_fn, optimizer = (parser.get_parsed_content(k) for k in ("network", "loss", "optimizer"))
     device = next(network.parameters()).device
+    amp = bool(parser.get_parsed_content("amp")) and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     network.train()
 
     def step(image: torch.Tensor, label: torch.Tensor) -> None:
         image, label = image.to(device), label.to(device)
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(network(image), label)
-        loss.backward()
+        with torch.autocast(device.type, enabled=amp):
+            loss = loss_fn(network(image), label)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
+        if device.type == "cuda":
+            torch.cuda.synchronize()  # time the step, not its queueing
 
     return step
 
@@ -84,7 +92,7 @@ def run(args: argparse.Namespace) -> dict:
 
         batches = iter(_cycle(loader))
         fixed = next(batches)
-        pure_batch = (fixed["image"].as_tensor(), fixed["label"].as_tensor())
+        pure_batch = tuple(torch.as_tensor(fixed[key]).clone() for key in ("image", "label"))  # no MetaTensor
         step(*pure_batch)  # warm-up
 
         def data_only():

@@ -121,18 +121,22 @@ def test_inference_writes_labels_in_input_geometry(trained, data, tmp_path):
     assert not list(out.glob(".tmp_*")), "no temporary files are left behind"
 
 
+# two ranks on the CPU (gloo) even where one GPU is present: two ranks cannot share a single device under NCCL
+CPU_ONLY = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
 def test_torchrun_two_processes_on_cpu(data, tmp_path):
     work = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2", "-m"]
     bundle_run(
         "--config_file", "['configs/train.json','configs/multi_gpu_train.json']", *common(work, data),
-        "--epochs", "1", "--iterations_per_epoch", "1", launcher=launcher, extra_env={"OMP_NUM_THREADS": "1"},
+        "--epochs", "1", "--iterations_per_epoch", "1", launcher=launcher, extra_env=CPU_ONLY,
     )  # fmt: skip
     state = torch.load(work / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state), "DDP wrapper is stripped from the saved weights"
     bundle_run(
         "--config_file", "['configs/train.json','configs/evaluate.json','configs/multi_gpu_evaluate.json']",
-        *common(work, data), "--eval_split", "test", launcher=launcher, extra_env={"OMP_NUM_THREADS": "1"},
+        *common(work, data), "--eval_split", "test", launcher=launcher, extra_env=CPU_ONLY,
     )  # fmt: skip
     rows = list(csv.reader(open(work / "eval" / "evaluation" / "val_mean_dice_raw.csv")))
     assert len(rows) == 1 + 2, "both ranks' cases are gathered into one table"
