@@ -36,6 +36,8 @@ FULL_PATCH = (128, 128, 16)  # (x, y, z): MONAI layout, thick axis last; the ref
 QUICK_PATCH = (64, 64, 8)
 MNET_DS_WEIGHTS = (1, 0.5, 0.5, 0.25, 0.25, 0.125, 0.125)  # the reference trainer's, normalised below
 FAST = {"skip_bias": True, "group_norm": True}  # the options that pay on CPU (docs/benchmarks.md)
+# everything the configs switch on for the CPU (`cpu_kernels`)
+CPU = {**FAST, "merge_first": True, "fast_inference": True}
 
 # name -> (MNet options or None for DynUNet, use channels_last_3d, use torch.compile)
 VARIANTS: dict[str, tuple[dict | None, bool, bool]] = {
@@ -46,10 +48,14 @@ VARIANTS: dict[str, tuple[dict | None, bool, bool]] = {
     "mnet+split_decoder_conv": ({"split_decoder_conv": True}, False, False),
     "mnet+fast": (FAST, False, False),
     "mnet+fast+channels_last": (FAST, True, False),
+    "mnet+merge_first": ({"merge_first": True}, False, False),
+    "mnet+fast+merge_first": ({**FAST, "merge_first": True}, False, False),
+    "mnet+cpu": (CPU, False, False),
     "mnet+fast+checkpointing": ({**FAST, "checkpointing": True}, False, False),
     "mnet+fast+compile": (FAST, False, True),
 }
-DEFAULT_MODELS = [name for name in VARIANTS if not VARIANTS[name][2]]
+# the peer, the reference path, the configs' CPU settings step by step, and the memory option
+DEFAULT_MODELS = ["dynunet", "mnet", "mnet+fast", "mnet+cpu", "mnet+fast+checkpointing"]
 
 
 def build_dynunet() -> nn.Module:
@@ -398,7 +404,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help=f"patch {QUICK_PATCH} and 1 repeat, for a smoke test")
     parser.add_argument("--out", default="benchmarks/results/network.json")
-    parser.add_argument("--models", nargs="+", choices=list(VARIANTS), help="default: all but the compiled one")
+    parser.add_argument("--models", nargs="+", choices=list(VARIANTS), help=f"default: {' '.join(DEFAULT_MODELS)}")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile (inductor) of mnet+fast")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the memory subprocesses")
     parser.add_argument("--threads", type=int, default=2)

@@ -63,12 +63,15 @@ def test_training_batches_are_plain_tensors(tmp_path):
 @pytest.mark.parametrize("config", ["configs/train.json", "configs/inference.json"])
 @pytest.mark.parametrize("device,fast", [("cpu", True), ("cuda:0", False)])
 def test_cpu_kernels_follow_the_device(config, device, fast):
-    """skip_bias + group_norm pay on the CPU (0.85x the train step) but made H200 inference 1.2x slower, so the
-    configs switch them on for the CPU only; `--cpu_kernels` overrides (state_dict is the same either way)."""
+    """The CPU options (skip_bias, group_norm, merge_first, fast_inference) pay on the CPU, but skip_bias + group_norm
+    made H200 inference 1.2x slower and the rest is unmeasured there, so the configs switch them on for the CPU only;
+    `--cpu_kernels` overrides (the state_dict is the same either way)."""
     parser = ConfigParser()
     parser.read_config(str(BUNDLE_ROOT / config))
     parser["device"] = f"$torch.device('{device}')"
     assert parser.get_parsed_content("network_def#skip_bias") is fast
     assert parser.get_parsed_content("network_def#group_norm") is fast
+    assert parser.get_parsed_content("network_def#merge_first") is fast
+    assert parser.get_parsed_content("network_def#fast_inference") is fast
     parser["cpu_kernels"] = "false"
     assert parser.get_parsed_content("network_def#group_norm") is False

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
 from scripts.networks.blocks import ConvBlock, FeatureMerge, NoBlock, axis_kernel, fmu_channel_factor
+from scripts.networks.inference_kernels import max_pool
 
 NUM_LEVELS = 5
 MIN_IN_PLANE = 16  # four in-plane poolings by 2
@@ -134,9 +134,13 @@ class MeshNode(nn.Module):
         group_norm: bool = False,
         split_decoder_conv: bool = False,
         checkpointing: bool = False,
+        merge_first: bool = False,
+        fast_inference: bool = False,
     ):
         super().__init__()
         self.checkpointing = checkpointing
+        self.merge_first = merge_first
+        self.fast_inference = fast_inference
         self.decoder = spec.decoder
         self.from_image = spec.src_2d == IMAGE
         self.has_2d_input, self.has_3d_input = spec.src_2d >= 0, spec.src_3d >= 0
@@ -149,20 +153,20 @@ class MeshNode(nn.Module):
         # concatenation is the only merge whose channel split is not known up front; keep it on the plain path
         self.split_decoder_conv = split_decoder_conv and spec.decoder and fmu != "cat"
         options = {"thick_axis": thick_axis, "skip_bias": skip_bias, "group_norm": group_norm}
+        options["fast_inference"] = fast_inference
         self.block_2d = ConvBlock(in_channels, out_channels, "2d", **options) if spec.emits_2d else NoBlock()
         self.block_3d = ConvBlock(in_channels, out_channels, "3d", **options) if spec.emits_3d else NoBlock()
 
     def _pool_3d(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[self.thick_dim] >= self.min_z:
-            return F.max_pool3d(x, kernel_size=2, stride=2)
-        return F.max_pool3d(x, kernel_size=self.pool_2d, stride=self.pool_2d)
+        kernel = [2, 2, 2] if x.shape[self.thick_dim] >= self.min_z else self.pool_2d
+        return max_pool(x, kernel, self.fast_inference)
 
     def _encoder_input(self, image: torch.Tensor, f2d: list[torch.Tensor], f3d: list[torch.Tensor]) -> torch.Tensor:
         if self.from_image:
             return image
         if not self.has_2d_input:
             return self._pool_3d(f3d[self.src_3d])
-        x2d = F.max_pool3d(f2d[self.src_2d], kernel_size=self.pool_2d, stride=self.pool_2d)
+        x2d = max_pool(f2d[self.src_2d], self.pool_2d, self.fast_inference)
         if not self.has_3d_input:
             return x2d
         return self.merge(x2d, self._pool_3d(f3d[self.src_3d]))
@@ -170,10 +174,9 @@ class MeshNode(nn.Module):
     def _decoder_inputs(self, f2d: list[torch.Tensor], f3d: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The merged skip and the merged upsampled streams, in the order they are concatenated."""
         skip_2d, skip_3d = f2d[self.src_skip], f3d[self.src_skip]
-        size = skip_2d.shape[2:]
-        up_2d = F.interpolate(f2d[self.src_2d], size=size, mode="trilinear", align_corners=False)
-        up_3d = F.interpolate(f3d[self.src_3d], size=size, mode="trilinear", align_corners=False)
-        return self.merge(skip_2d, skip_3d), self.merge(up_2d, up_3d)
+        size = list(skip_2d.shape[2:])
+        up = self.merge.upsampled(f2d[self.src_2d], f3d[self.src_3d], size, self.merge_first, self.fast_inference)
+        return self.merge(skip_2d, skip_3d), up
 
     def forward(
         self, image: torch.Tensor, f2d: list[torch.Tensor], f3d: list[torch.Tensor]
@@ -230,6 +233,10 @@ class MNet(nn.Module):
             sum, instead of convolving their concatenation.
         checkpointing: in training, recompute each mesh node's activations in backward instead of storing them
             (``torch.utils.checkpoint``): much less memory for about one extra forward pass of time.
+        merge_first: decoder nodes merge the two upsampled streams ("sub"/"sum") before the full-resolution
+            interpolation, which then runs once instead of twice (exact: interpolation is linear).
+        fast_inference: in CPU inference (autograd off), exact faster kernels (``inference_kernels.py``): x2 pooling
+            and upsampling on strided views, and oneDNN for the batch-1 convolutions PyTorch runs on a slow kernel.
 
     Input (N, in_channels, *spatial) of any size with in-plane sizes >= 16; output (N, out_channels, *spatial).
     """
@@ -248,6 +255,8 @@ class MNet(nn.Module):
         group_norm: bool = False,
         split_decoder_conv: bool = False,
         checkpointing: bool = False,
+        merge_first: bool = False,
+        fast_inference: bool = False,
     ):
         super().__init__()
         if len(kn) != NUM_LEVELS:
@@ -268,6 +277,8 @@ class MNet(nn.Module):
             "group_norm": group_norm,
             "split_decoder_conv": split_decoder_conv,
             "checkpointing": checkpointing,
+            "merge_first": merge_first,
+            "fast_inference": fast_inference,
         }
         specs = mesh_topology()
         factor = fmu_channel_factor(fmu)
