@@ -10,7 +10,7 @@ The results equal PyTorch's (pooling bit for bit, the rest to float rounding). T
 takes PyTorch's op.
 """
 
-# no `from __future__ import annotations` here: TorchScript cannot resolve the string annotations of a jit.unused function
+# no `from __future__ import annotations`: TorchScript cannot resolve string annotations of a jit.unused function
 import torch
 import torch.nn.functional as F
 
