@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--shape", type=json.loads, default=[512, 512, 60] if cuda else [256, 256, 40])
     p.add_argument("--kn", type=json.loads, default=[32, 48, 64, 80, 96])
     p.add_argument("--patch", type=json.loads, default=None, help="roi size; default: the plan's patch")
-    p.add_argument("--sw_batch_size", type=int, default=4 if cuda else 2)
+    p.add_argument("--sw_batch_size", type=int, default=4 if cuda else 1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=0 if not cuda else 3, help="warm sliding-window runs after the first")
     p.add_argument("--cudnn", default="benchmark", choices=["benchmark", "deterministic"], help="cuDNN mode on CUDA")
