@@ -1,9 +1,24 @@
-"""What every benchmark script does with its result: write it as JSON next to the others and say where."""
+"""What the benchmark scripts share: this process's peak memory, and writing the result as JSON."""
 
 from __future__ import annotations
 
 import json
+import resource
+import sys
 from pathlib import Path
+
+
+def peak_rss_bytes() -> int:
+    """This process's RSS high-water mark: Linux ``/proc/self/status`` VmHWM (``ru_maxrss`` is inherited by a child
+    from its parent across exec), else ``ru_maxrss``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def write_json(result: dict, out: str) -> None:

@@ -15,7 +15,6 @@ import argparse
 import datetime
 import json
 import platform
-import resource
 import statistics
 import tempfile
 import time
@@ -27,7 +26,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import decollate_batch, list_data_collate
 
-from benchmarks.common import write_json
+from benchmarks.common import peak_rss_bytes, write_json
 from benchmarks.network import configure_cudnn
 
 BUNDLE = Path(__file__).resolve().parents[1]
@@ -61,10 +60,6 @@ def parse_inference_config(image: Path, out_dir: Path, args: argparse.Namespace)
     if args.patch:
         parser["patch_size"] = args.patch
     return parser
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -117,7 +112,7 @@ def run(args: argparse.Namespace) -> dict:
         "postprocess_and_write_s": t_post,
         "total_s": t_pre + t_sw + t_post,
         "total_warm_s": None if t_sw_warm is None else t_pre + t_sw_warm + t_post,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss_bytes() / 2**20,
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
         "written": written,
     }

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -29,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.common import peak_rss_bytes, write_json
 from scripts.networks.mnet import MNet
 
 NUM_CLASSES = 3
@@ -198,19 +197,7 @@ def measure_memory(
     base = psutil.Process().memory_info().rss
     runner.train_step()
     runner.train_step()
-    return (_peak_rss_bytes() - base) / 2**20
-
-
-def _peak_rss_bytes() -> int:
-    """This process's RSS high-water mark (Linux ``/proc/self/status`` VmHWM, else ``ru_maxrss``)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    return (peak_rss_bytes() - base) / 2**20
 
 
 def memory_in_subprocess(
@@ -392,9 +379,7 @@ def main(
     print(f"{report['date']}  torch {report['torch']}  {report['device_name']}  {report['threads']} threads  "
           f"patch {report['patch']}  peak matmul {report['peak_gflops']} GFLOP/s{amp}")  # fmt: skip
     print(format_table(report))
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(report, out)
     return report
 
 

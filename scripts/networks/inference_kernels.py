@@ -55,11 +55,11 @@ def max_pool(x: torch.Tensor, kernel: list[int], fast: bool = False) -> torch.Te
 
 def upsample(x: torch.Tensor, size: list[int], fast: bool = False) -> torch.Tensor:
     """``F.interpolate(x, size, mode="trilinear", align_corners=False)``; ``x`` itself when it already has ``size``."""
+    if list(x.shape[2:]) == list(size):
+        return x
     factors_of_two = True
     for source, target in zip(x.shape[2:], size):
         factors_of_two = factors_of_two and target in (source, 2 * source)
-    if list(x.shape[2:]) == list(size):
-        return x
     if not (factors_of_two and _fast_path(x, fast)):
         return F.interpolate(x, size=size, mode="trilinear", align_corners=False)
     for axis, target in enumerate(size):

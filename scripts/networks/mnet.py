@@ -152,8 +152,12 @@ class MeshNode(nn.Module):
         self.merge = FeatureMerge(fmu)
         # concatenation is the only merge whose channel split is not known up front; keep it on the plain path
         self.split_decoder_conv = split_decoder_conv and spec.decoder and fmu != "cat"
-        options = {"thick_axis": thick_axis, "skip_bias": skip_bias, "group_norm": group_norm}
-        options["fast_inference"] = fast_inference
+        options = {
+            "thick_axis": thick_axis,
+            "skip_bias": skip_bias,
+            "group_norm": group_norm,
+            "fast_inference": fast_inference,
+        }
         self.block_2d = ConvBlock(in_channels, out_channels, "2d", **options) if spec.emits_2d else NoBlock()
         self.block_3d = ConvBlock(in_channels, out_channels, "3d", **options) if spec.emits_3d else NoBlock()
 
