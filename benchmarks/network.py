@@ -29,32 +29,29 @@ from torch import nn
 
 from benchmarks.common import peak_rss_bytes, write_json
 from scripts.networks.mnet import MNet
+from scripts.networks.options import MNetOptions
+from scripts.runtime import configure
 
 NUM_CLASSES = 3
 FULL_PATCH = (128, 128, 16)  # (x, y, z): MONAI layout, thick axis last; the reference's 16x128x128
 QUICK_PATCH = (64, 64, 8)
 MNET_DS_WEIGHTS = (1, 0.5, 0.5, 0.25, 0.25, 0.125, 0.125)  # the reference trainer's, normalised below
-FAST = {"skip_bias": True, "group_norm": True}  # the options that pay on CPU (docs/benchmarks.md)
-# everything the configs switch on for the CPU (`cpu_kernels`)
-CPU = {**FAST, "merge_first": True, "fast_inference": True}
+CPU = asdict(MNetOptions.cpu())  # what the configs' `speed_preset` picks on the CPU
 
-# name -> (MNet options or None for DynUNet, use channels_last_3d, use torch.compile)
+# name -> (MNetOptions fields or None for DynUNet, use channels_last_3d, use torch.compile)
 VARIANTS: dict[str, tuple[dict | None, bool, bool]] = {
     "dynunet": (None, False, False),
     "mnet": ({}, False, False),
-    "mnet+skip_bias": ({"skip_bias": True}, False, False),
     "mnet+group_norm": ({"group_norm": True}, False, False),
-    "mnet+split_decoder_conv": ({"split_decoder_conv": True}, False, False),
-    "mnet+fast": (FAST, False, False),
-    "mnet+fast+channels_last": (FAST, True, False),
+    "mnet+group_norm+channels_last": ({"group_norm": True}, True, False),
     "mnet+merge_first": ({"merge_first": True}, False, False),
-    "mnet+fast+merge_first": ({**FAST, "merge_first": True}, False, False),
     "mnet+cpu": (CPU, False, False),
-    "mnet+fast+checkpointing": ({**FAST, "checkpointing": True}, False, False),
-    "mnet+fast+compile": (FAST, False, True),
+    "mnet+checkpointing": ({"checkpointing": True}, False, False),
+    "mnet+group_norm+checkpointing": ({"group_norm": True, "checkpointing": True}, False, False),
+    "mnet+compile": ({}, False, True),
 }
 # the peer, the reference path, the configs' CPU settings step by step, and the memory option
-DEFAULT_MODELS = ["dynunet", "mnet", "mnet+fast", "mnet+cpu", "mnet+fast+checkpointing"]
+DEFAULT_MODELS = ["dynunet", "mnet", "mnet+group_norm", "mnet+cpu", "mnet+group_norm+checkpointing"]
 
 
 def build_dynunet() -> nn.Module:
@@ -82,7 +79,7 @@ def build_dynunet() -> nn.Module:
 def build(name: str) -> nn.Module:
     """The uncompiled model of a variant, on CPU, in float32."""
     options = VARIANTS[name][0]
-    return build_dynunet() if options is None else MNet(1, NUM_CLASSES, **options)
+    return build_dynunet() if options is None else MNet(1, NUM_CLASSES, options=MNetOptions(**options))
 
 
 def split_outputs(outputs: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
@@ -216,11 +213,10 @@ def memory_in_subprocess(
 
 def configure_cudnn(mode: str) -> None:
     """``benchmark``: let cuDNN time its algorithms per shape (what the bundle's configs do on a GPU);
-    ``deterministic``: the reproducible kernels, as ``monai.utils.set_determinism`` selects."""
+    ``deterministic``: the reproducible kernels. The configs' own helper, without seeding."""
     if mode not in ("benchmark", "deterministic"):
         raise ValueError(f"--cudnn must be benchmark or deterministic, not {mode!r}")
-    torch.backends.cudnn.benchmark = mode == "benchmark"
-    torch.backends.cudnn.deterministic = mode == "deterministic"
+    configure(seed=None, cudnn_benchmark=mode == "benchmark")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -366,8 +362,8 @@ def main(
     torch.manual_seed(0)
     size = tuple(patch) if patch else (QUICK_PATCH if quick else FULL_PATCH)
     names = list(models) if models else list(DEFAULT_MODELS)
-    if compile and "mnet+fast+compile" not in names:
-        names.append("mnet+fast+compile")
+    if compile and "mnet+compile" not in names:
+        names.append("mnet+compile")
     if quick:
         repeats = 1
     unknown = [n for n in names if n not in VARIANTS]
@@ -390,7 +386,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help=f"patch {QUICK_PATCH} and 1 repeat, for a smoke test")
     parser.add_argument("--out", default="benchmarks/results/network.json")
     parser.add_argument("--models", nargs="+", choices=list(VARIANTS), help=f"default: {' '.join(DEFAULT_MODELS)}")
-    parser.add_argument("--compile", action="store_true", help="also measure torch.compile (inductor) of mnet+fast")
+    parser.add_argument("--compile", action="store_true", help="also measure torch.compile (inductor) of mnet")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the memory subprocesses")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--patch", type=int, nargs=3, help="override the patch (x y z), thick axis last")

@@ -2,7 +2,7 @@
 
 Like nnU-Net's dataset integrity check, every case is read (header and array) and ALL problems are reported at once,
 one line each, so a user fixes a data set in one pass instead of one crash per bad file. The bundle configs call the
-same checks on start-up (`check_or_raise`, `check_checkpoint`, `check_output_dir`, `check_overrides`); they raise
+same checks on start-up (`check_or_raise`, `check_checkpoint`, `check_output_dir`); they raise
 `scripts.errors.BundleInputError`, whose message is the last line the console shows.
 
 Usage: ``python -m scripts.check_data --dataset_dir D [--datalist dataset.json] [--plan configs/plan.json]
@@ -11,9 +11,6 @@ Usage: ``python -m scripts.check_data --dataset_dir D [--datalist dataset.json] 
 
 from __future__ import annotations
 
-import ast
-import difflib
-import inspect
 import json
 import logging
 import os
@@ -27,12 +24,12 @@ import nibabel as nib
 import numpy as np
 
 from scripts.errors import BundleInputError, install_excepthook
+from scripts.settings import as_bool
 
 install_excepthook()
 logger = logging.getLogger("mnet.check_data")
 AFFINE_TOL_MM = 1e-3  # image/label affines may differ by rounding only
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-NOT_CONFIGS = ("metadata.json", "plan.json")  # next to the configs but not bundle settings
 
 
 @dataclass(frozen=True)
@@ -249,11 +246,14 @@ def check_dataset(dataset_dir: str, datalist: str = "dataset.json", plan: str | 
     return list(dict.fromkeys(problems))
 
 
-def check_or_raise(cases: Any, plan: dict | None = None, what: str = "the data") -> None:
+def check_or_raise(cases: Any, plan: dict | None = None, what: str = "the data", enabled: object = True) -> None:
     """Start-up check for the configs: log every problem, then raise one BundleInputError naming the first.
 
-    Takes the data lists the workflow will really use (MONAI Label replaces them and may have no datalist file).
+    Takes the data lists the workflow will really use (MONAI Label replaces them and may have no datalist file);
+    ``enabled`` is the ``check_data`` setting.
     """
+    if not as_bool(enabled, "check_data"):
+        return
     if plan is not None and not plan.get("anisotropic", True):
         logger.info("note: the plan says the data are isotropic; MNet works, but its advantage is for thick slices")
     problems = check_cases(list(cases) if cases is not None else [], plan)
@@ -320,65 +320,6 @@ def check_output_dir(path: str) -> str:
     except OSError as err:
         raise BundleInputError(f"{path}: output folder is not writable ({err.strerror or err} in {existing})") from None
     return path
-
-
-def _known_run_args() -> set[str]:
-    from monai.bundle import ConfigWorkflow
-    from monai.bundle.scripts import create_workflow, run
-    from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
-
-    names = set(DEFAULT_MLFLOW_SETTINGS["configs"])  # --tracking mlflow adds these ids (tracking_uri, run_name ...)
-    for fn in (run, create_workflow, ConfigWorkflow.__init__):
-        names |= {p.name for p in inspect.signature(fn).parameters.values() if p.kind != p.VAR_KEYWORD}
-    return names - {"self"}
-
-
-def _parse_cli(argv: list[str]) -> dict[str, str | None]:
-    """``--key value`` / ``--key=value`` pairs as fire sees them (a bare ``--flag`` maps to None)."""
-    pairs: dict[str, str | None] = {}
-    tokens = [t for t in argv if t != "--"]
-    for i, tok in enumerate(tokens):
-        if tok.startswith("--") and len(tok) > 2:
-            name, eq, value = tok[2:].partition("=")
-            nxt = tokens[i + 1] if i + 1 < len(tokens) else None
-            pairs[name] = value if eq else (nxt if nxt is not None and not nxt.startswith("--") else None)
-    return pairs
-
-
-def _as_files(value: Any) -> list[str]:
-    if isinstance(value, str):
-        try:
-            value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            value = value.split(",")
-    return [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
-
-
-def check_overrides(argv: list[str] | None = None) -> None:
-    """MONAI accepts any ``--key value`` and silently adds it to the config, so ``--epoch 3`` (for ``--epochs``) is
-    ignored without a word; refuse top-level override ids that no config file defines. Only for the CLI."""
-    argv = sys.argv if argv is None else argv
-    if not argv or not Path(argv[0]).as_posix().endswith("monai/bundle/__main__.py"):
-        return  # called from Python (MONAI Label, tests): overrides are the caller's business
-    pairs = _parse_cli(argv[1:])
-    known = _known_run_args() | {"_meta_"}
-    from monai.bundle import ConfigParser
-
-    if pairs.get("args_file"):
-        pairs.update(ConfigParser.load_config_file(pairs["args_file"]))
-    for config in _as_files(pairs.get("config_file") or []):
-        # ids of the sibling configs count too: one argument list shared by train and inference is not a typo
-        siblings = [p for p in Path(config).parent.glob("*.json") if p.name not in NOT_CONFIGS]
-        for path in [Path(config), *siblings]:
-            content = ConfigParser.load_config_file(str(path)) if path.is_file() else {}
-            known |= set(content) if isinstance(content, dict) else set()
-    for name in pairs:
-        top = name.split("#", 1)[0]
-        if top not in known:
-            hint = difflib.get_close_matches(top, sorted(known), n=1)
-            guess = f" (did you mean --{hint[0]}?)" if hint else ""
-            raise BundleInputError(f"--{name}: unknown setting, the configs define no '{top}'{guess}; MONAI would "
-                                   "silently ignore it (--check_data False skips this check)")
 
 
 def main(dataset_dir: str, datalist: str = "dataset.json", plan: str | None = None, fold: int | None = None) -> None:

@@ -11,6 +11,7 @@ from ignite.handlers import Checkpoint
 from monai.engines import IterationEvents
 
 from scripts.atomic import atomic_path
+from scripts.settings import as_bool
 
 
 class GradientClipHandler:
@@ -106,7 +107,7 @@ class ResumeHandler:
                  evaluator=None):
         self.load_path = load_path
         self.load_dict = load_dict
-        self.enabled = enabled
+        self.enabled = as_bool(enabled, "resume")
         self.map_location = map_location
         self.evaluator = evaluator
 

@@ -19,7 +19,6 @@ from scripts.check_data import (
     check_dataset,
     check_or_raise,
     check_output_dir,
-    check_overrides,
 )
 from scripts.errors import BundleInputError, find_input_error
 from scripts.plan_file import DEFAULT_PLAN
@@ -173,20 +172,6 @@ def test_output_dir_check_creates_nothing(tmp_path: Path):
     blocker.write_text("x")
     with pytest.raises(BundleInputError, match=r"file/out: output folder cannot be created"):
         check_output_dir(str(blocker / "out"))
-
-
-def test_unknown_override_is_refused():
-    argv = [str(Path(sys.prefix) / "lib/monai/bundle/__main__.py"), "run", "training", "--config_file",
-            str(ROOT / "configs/train.json"), "--epoch", "3", "--num_workers", "0"]
-    with pytest.raises(BundleInputError, match=r"--epoch: unknown setting.*did you mean --epochs\?"):
-        check_overrides(argv)
-    check_overrides([*argv[:5], "--epochs", "3", "--train#handlers#0#enabled", "False", "--resume"])
-    check_overrides(["pytest", "--epoch", "3"])  # not the MONAI CLI: nothing to check
-    inference = [argv[0], "run", "--config_file", str(ROOT / "configs/inference.json")]
-    check_overrides([*inference, "--cache_rate", "1.0"])  # a train.json setting in a shared argument list is fine
-    with pytest.raises(BundleInputError, match="--epoch: unknown setting"):
-        check_overrides([*inference, "--epoch", "3"])
-    check_overrides([*argv[:5], "--resume", "false", "--tracking_uri", "file:///tmp/mlruns"])  # as_bool reads it
 
 
 def test_truncated_gzip_detected_even_with_intact_header(tmp_path: Path):

@@ -9,6 +9,7 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
 from scripts.demo_data import write_dataset
+from scripts.networks.options import MNetOptions
 from tests.conftest import BUNDLE_ROOT
 
 CONFIGS = [
@@ -29,15 +30,16 @@ def restore_cudnn():
 @pytest.mark.parametrize("files", CONFIGS, ids=lambda f: "+".join(p.split("/")[-1] for p in f))
 @pytest.mark.parametrize("flag,benchmark", [(True, True), ("false", False), ("true", True)])
 def test_cudnn_benchmark_setting(files, flag, benchmark, restore_cudnn):
-    """`--cudnn_benchmark false` selects cuDNN's deterministic kernels, the default lets it time its algorithms."""
+    """`--cudnn_benchmark false` selects cuDNN's deterministic kernels, the default lets it time its algorithms;
+    every workflow runs the one set-up helper (scripts.runtime.configure)."""
     parser = ConfigParser()
     parser.read_config([str(BUNDLE_ROOT / f) for f in files])
     parser["cudnn_benchmark"] = flag
-    steps = [i for i, expr in enumerate(parser["initialize"]) if "cudnn" in str(expr)]
-    assert len(steps) == 2
+    steps = parser["train_setup"] if "train_setup" in parser else parser["initialize"]
+    index = [i for i, step in enumerate(steps) if isinstance(step, dict) and step["_target_"] == "scripts.runtime.configure"]
+    assert len(index) == 1
     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = (not benchmark), benchmark
-    for i in steps:
-        parser.get_parsed_content(f"initialize#{i}")
+    parser.get_parsed_content(f"{'train_setup' if 'train_setup' in parser else 'initialize'}#{index[0]}")
     assert torch.backends.cudnn.benchmark is benchmark
     assert torch.backends.cudnn.deterministic is (not benchmark)
 
@@ -61,17 +63,14 @@ def test_training_batches_are_plain_tensors(tmp_path):
 
 
 @pytest.mark.parametrize("config", ["configs/train.json", "configs/inference.json"])
-@pytest.mark.parametrize("device,fast", [("cpu", True), ("cuda:0", False)])
-def test_cpu_kernels_follow_the_device(config, device, fast):
-    """The CPU options (skip_bias, group_norm, merge_first, fast_inference) pay on the CPU, but skip_bias + group_norm
-    made H200 inference 1.2x slower and the rest is unmeasured there, so the configs switch them on for the CPU only;
-    `--cpu_kernels` overrides (the state_dict is the same either way)."""
+@pytest.mark.parametrize("device,expected", [("cpu", MNetOptions.cpu()), ("cuda:0", MNetOptions.gpu())])
+def test_speed_preset_follows_the_device(config, device, expected):
+    """The CPU kernels pay on the CPU but made H200 inference 1.2x slower, so `speed_preset auto` picks them for the
+    CPU only; one id overrides it (the state_dict is the same either way)."""
     parser = ConfigParser()
     parser.read_config(str(BUNDLE_ROOT / config))
     parser["device"] = f"$torch.device('{device}')"
-    assert parser.get_parsed_content("network_def#skip_bias") is fast
-    assert parser.get_parsed_content("network_def#group_norm") is fast
-    assert parser.get_parsed_content("network_def#merge_first") is fast
-    assert parser.get_parsed_content("network_def#fast_inference") is fast
-    parser["cpu_kernels"] = "false"
-    assert parser.get_parsed_content("network_def#group_norm") is False
+    assert parser.get_parsed_content("network_def").options == expected
+    parser["speed_preset"] = "reference"
+    parser["activation_checkpointing"] = "true"
+    assert parser.get_parsed_content("network_def").options == MNetOptions(checkpointing=True)

@@ -80,3 +80,14 @@ def _double(x: torch.Tensor, dim: int) -> torch.Tensor:
     odd.narrow(dim, 0, n - 1).add_(x.narrow(dim, 1, n - 1), alpha=0.25)
     odd.narrow(dim, n - 1, 1).add_(x.narrow(dim, n - 1, 1), alpha=0.25)
     return out.flatten(dim, dim + 1)
+
+
+class InferenceConv3d(torch.nn.Conv3d):
+    """``nn.Conv3d`` (stride 1, same parameters and state_dict) whose batch-1 CPU inference runs through oneDNN."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stride_one_padding = [int(p) for p in self.padding]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv3d(x, self.weight, self.bias, self.stride_one_padding, True)

@@ -1,0 +1,53 @@
+"""Speed and memory choices for MNet, in one frozen object with named presets.
+
+None of them changes the parameters, the state_dict or the result beyond float rounding (tests/test_fast_paths.py),
+so a checkpoint trained with one preset loads into a network built with any other. docs/benchmarks.md has what each
+buys on which device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+PRESETS = ("auto", "reference", "cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class MNetOptions:
+    """group_norm: instance norm computed by the (faster on the CPU) group-norm kernel, one group per channel.
+    merge_first: decoder nodes merge the two upsampled streams ("sub"/"sum") at the coarse size and interpolate once
+    (exact: interpolation is linear).
+    fast_inference: with autograd off on the CPU, exact x2 pooling/upsampling on strided views and oneDNN for batch-1
+    convolutions (``inference_kernels.py``).
+    checkpointing: in training, recompute each mesh node's activations in backward instead of storing them."""
+
+    group_norm: bool = False
+    merge_first: bool = False
+    fast_inference: bool = False
+    checkpointing: bool = False
+
+    @classmethod
+    def reference(cls) -> MNetOptions:
+        """The authors' computation, op for op."""
+        return cls()
+
+    @classmethod
+    def cpu(cls) -> MNetOptions:
+        """Measured fastest on the CPU (docs/benchmarks.md)."""
+        return cls(group_norm=True, merge_first=True, fast_inference=True)
+
+    @classmethod
+    def gpu(cls) -> MNetOptions:
+        """Measured fastest on CUDA: the CPU kernels made GPU inference 1.2x slower, so none of them."""
+        return cls()
+
+
+def preset(name: str = "auto", device: str | torch.device = "cpu", checkpointing: bool = False) -> MNetOptions:
+    """The options a config asks for by name; ``auto`` picks the CPU or GPU preset by ``device``."""
+    if name not in PRESETS:
+        raise ValueError(f"--speed_preset: expected one of {', '.join(PRESETS)}, got {name!r}")
+    if name == "auto":
+        name = "gpu" if torch.device(device).type == "cuda" else "cpu"
+    return replace(getattr(MNetOptions, name)(), checkpointing=bool(checkpointing))
