@@ -43,11 +43,17 @@ def _hook(exc_type, exc, tb) -> None:
 
 
 _previous_hook = sys.excepthook
+_installed = False
 
 
 def install_excepthook() -> None:
-    """Install the one-line hook once (idempotent), chaining to whatever hook was there before."""
-    global _previous_hook
-    if sys.excepthook is not _hook:
+    """Install the one-line hook once per process, chaining to the hook that was there first.
+
+    Once only: torch.distributed's ``init_process_group`` wraps whatever hook is installed (to prefix ``[rankN]``),
+    and re-installing over that wrapper would chain ours -> the wrapper -> ours ... (a RecursionError under
+    torchrun instead of the message)."""
+    global _previous_hook, _installed
+    if not _installed:
+        _installed = True
         _previous_hook = sys.excepthook
         sys.excepthook = _hook

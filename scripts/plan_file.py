@@ -171,6 +171,6 @@ def save_plan(plan: dict[str, Any], path: str | os.PathLike) -> Path:
     path = Path(path)
     validate_plan(plan, path)
     with atomic_path(path, suffix=".json") as tmp, open(tmp, "w", encoding="utf-8") as f:
-        json.dump(plan, f, indent=2)
+        json.dump(plan, f, indent=4)  # the zoo's pretty-format-json style, as the configs
         f.write("\n")
     return path

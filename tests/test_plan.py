@@ -284,3 +284,11 @@ def test_integrity_problems_stop_planning_before_analysis(tmp_path):
     with pytest.raises(ValueError, match=r"b\.nii\.gz: .*NaN"):
         plan_dataset(str(root), "dataset.json", output=str(tmp_path / "plan.json"), workers=0)
     assert not (tmp_path / "plan.json").exists()
+
+
+def test_saved_plan_is_in_the_zoo_json_format(tmp_path):
+    """4-space indentation, one item per line: what the zoo's pretty-format-json hook would write."""
+
+    plan = load_plan(Path(__file__).resolve().parents[1] / "configs" / "plan.json")
+    path = save_plan(plan, tmp_path / "plan.json")
+    assert path.read_text() == json.dumps(json.loads(path.read_text()), indent=4) + "\n"

@@ -61,3 +61,25 @@ def test_the_check_does_not_depend_on_check_data():
 def test_misspelt_booleans_are_one_line_errors_before_any_work(flag):
     with pytest.raises(BundleInputError, match=f"{flag}: expected true or false, got 'ture'"):
         check_overrides([*TRAIN, flag, "ture"])
+
+
+def test_excepthook_installed_once_survives_a_wrapping_hook(monkeypatch, capsys):
+    """torch.distributed wraps the installed hook; a second install must not chain back into the wrapper."""
+    from scripts import errors
+
+    monkeypatch.setattr(errors, "_installed", False)
+    monkeypatch.setattr(errors.sys, "excepthook", errors.sys.__excepthook__)
+    errors.install_excepthook()
+    inner = errors.sys.excepthook
+
+    def wrapper(*args):  # as torch.distributed's _distributed_excepthook: calls the hook it found
+        inner(*args)
+
+    monkeypatch.setattr(errors.sys, "excepthook", wrapper)
+    errors.install_excepthook()  # e.g. another module importing scripts.errors later
+    assert errors.sys.excepthook is wrapper
+    try:
+        raise RuntimeError("plain failure")
+    except RuntimeError as exc:
+        errors.sys.excepthook(type(exc), exc, exc.__traceback__)  # no RecursionError
+    assert "RuntimeError: plain failure" in capsys.readouterr().err

@@ -125,13 +125,21 @@ def test_inference_writes_labels_in_input_geometry(trained, data, tmp_path):
 CPU_ONLY = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2", "-m"]
+
+
 def test_torchrun_two_processes_on_cpu(data, tmp_path):
+    """Four iterations over two epochs with the CPU preset: DDP fails from the second iteration on when any
+    parameter gets no gradient (the removed skip_bias option did that), so one iteration could not catch it."""
     work = tmp_path / "ddp"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2", "-m"]
-    bundle_run(
+    launcher = TORCHRUN
+    result = bundle_run(
         "--config_file", "['configs/train.json','configs/multi_gpu_train.json']", *common(work, data),
-        "--epochs", "1", "--iterations_per_epoch", "1", launcher=launcher, extra_env=CPU_ONLY,
+        "--epochs", "2", "--iterations_per_epoch", "2", "--speed_preset", "cpu", launcher=launcher, extra_env=CPU_ONLY,
     )  # fmt: skip
+    last = torch.load(work / "models" / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    assert last["trainer"]["epoch"] == 2 and last["trainer"]["iteration"] == 4
+    assert "Epoch: 2/2, Iter: 2/2" in result.stdout + result.stderr, "rank 0 logs every iteration"
     state = torch.load(work / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state), "DDP wrapper is stripped from the saved weights"
     bundle_run(
@@ -140,3 +148,15 @@ def test_torchrun_two_processes_on_cpu(data, tmp_path):
     )  # fmt: skip
     rows = list(csv.reader(open(work / "eval" / "evaluation" / "val_mean_dice_raw.csv")))
     assert len(rows) == 1 + 2, "both ranks' cases are gathered into one table"
+
+
+def test_torchrun_failure_is_one_line(data, tmp_path):
+    """A bad input under torchrun ends in the one-line message, not a RecursionError wall from the excepthook."""
+    cmd = [*TORCHRUN, "monai.bundle", "run", "--config_file",
+           "['configs/train.json','configs/multi_gpu_train.json']", *common(tmp_path / "bad", data),
+           "--dataset_dir", str(tmp_path / "no_such_dataset")]  # fmt: skip
+    env = {**os.environ, **CPU_ONLY}
+    result = subprocess.run(cmd, cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert "RecursionError" not in result.stderr and "maximum recursion depth" not in result.stderr
+    assert f"ERROR: {tmp_path / 'no_such_dataset'}" in result.stderr
