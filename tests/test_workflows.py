@@ -23,7 +23,7 @@ from scripts.demo_data import write_dataset
 from scripts.networks.mnet import MNet
 
 BUNDLE = Path(__file__).resolve().parents[1]
-TINY = ["--kn", "[4,4,6,6,8]", "--patch_size", "[48,48,8]", "--num_workers", "0", "--cache_rate", "1.0"]
+TINY = ["--kn", "[4,4,6,6,8]", "--patch_size", "[48,48,8]", "--num_workers", "0"]
 
 
 def bundle_run(*args: str, cwd: Path = BUNDLE, extra_env: dict | None = None, launcher: list[str] | None = None):
@@ -69,7 +69,18 @@ def test_one_epoch_training_writes_plain_state_dict(trained):
     checkpoint = torch.load(trained / "models" / "checkpoint_last.pt", map_location="cpu", weights_only=True)
     assert {"network", "optimizer", "lr_scheduler", "trainer"} <= set(checkpoint)
     assert checkpoint["trainer"]["iteration"] == 2  # ignite stores iterations; epoch = iteration / epoch_length
-    assert list((trained / "eval").glob("events.out.tfevents.*")), "TensorBoard scalars are written"
+    events = list((trained / "eval").glob("events.out.tfevents.*"))
+    assert events, "TensorBoard scalars are written"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for path in events:
+        accumulator = EventAccumulator(str(path))
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"])
+    assert {"train_loss", "learning_rate", "val_mean_dice"} <= tags, tags
+    log = (trained / "eval" / "train.log").read_text()
+    assert "Epoch: 1/1" in log and "log file:" in log
 
 
 def test_resume_continues_from_saved_epoch(trained, data, tmp_path):
@@ -100,6 +111,12 @@ def test_evaluation_writes_per_case_metrics(trained, data):
         assert len(rows) == 1 + 2  # header + the two held-out cases
     summary = dict(csv.reader(open(out / "metrics.csv")))
     assert 0.0 <= float(summary["val_mean_dice"]) <= 1.0
+    report = json.loads((out / "metrics_summary.json").read_text())
+    assert report["num_cases"] == 2
+    dice = report["metrics"]["val_mean_dice"]
+    assert set(dice["per_class"]) == set(json.loads((BUNDLE / "configs" / "plan.json").read_text())["labels"].values()) - {"background"}
+    assert abs(dice["mean"] - float(summary["val_mean_dice"])) < 1e-4
+    assert (out / "evaluate.log").is_file()
 
 
 def test_inference_writes_labels_in_input_geometry(trained, data, tmp_path):
