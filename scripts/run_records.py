@@ -21,12 +21,20 @@ from scripts.atomic import atomic_path
 LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 
 
+def _non_propagating_loggers() -> list[logging.Logger]:
+    """Loggers that do not pass their records to the root (MONAI's handlers log through such loggers)."""
+    loggers = logging.Logger.manager.loggerDict.values()
+    return [lg for lg in loggers if isinstance(lg, logging.Logger) and not lg.propagate]
+
+
 class LogFile:
-    """Copy every log record of the process (root logger, INFO and up) into ``path`` while the engine runs."""
+    """Copy every log record of the process (INFO and up) into ``path`` while the engine runs: the root logger's
+    and those of loggers that do not propagate to it (MONAI's StatsHandler lines)."""
 
     def __init__(self, path: str):
         self.path = path
         self._handler: logging.FileHandler | None = None
+        self._loggers: list[logging.Logger] = []
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._open)
@@ -39,14 +47,15 @@ class LogFile:
             self._handler = logging.FileHandler(self.path, encoding="utf-8")
             self._handler.setFormatter(logging.Formatter(LOG_FORMAT))
             self._handler.setLevel(logging.INFO)
-            logging.getLogger().addHandler(self._handler)
-            if logging.getLogger().level > logging.INFO or logging.getLogger().level == logging.NOTSET:
-                logging.getLogger().setLevel(logging.INFO)
+            self._loggers = [logging.getLogger(), *_non_propagating_loggers()]
+            for logger in self._loggers:
+                logger.addHandler(self._handler)
             engine.logger.info(f"log file: {self.path}")
 
     def _close(self, engine: Engine, *args) -> None:
         if self._handler is not None:
-            logging.getLogger().removeHandler(self._handler)
+            for logger in self._loggers:
+                logger.removeHandler(self._handler)
             self._handler.close()
             self._handler = None
 
