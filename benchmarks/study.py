@@ -20,6 +20,7 @@ import datetime
 import json
 import logging
 import math
+import os
 import platform
 import sys
 import time
@@ -36,6 +37,7 @@ from monai.utils import set_determinism
 from scipy import ndimage
 from torch import nn
 
+from benchmarks.network import cpu_model
 from scripts import demo_data
 from scripts.atomic import atomic_path
 from scripts.errors import BundleInputError, install_excepthook
@@ -291,8 +293,10 @@ def train_and_evaluate(name: str, plan: dict, split: dict, size: Size, seed: int
                 break
     train_s = time.perf_counter() - start
     metrics = evaluate(net, parser, plan, device)
-    return {"model": name, "seed": seed, "train_s": round(train_s, 1), "final_loss": round(float(np.mean(losses[-10:])), 4),
-            "params": sum(p.numel() for p in net.parameters()), **metrics}
+    final_loss = round(float(np.mean(losses[-10:])), 4)
+    params = sum(p.numel() for p in net.parameters())
+    return {"model": name, "seed": seed, "train_s": round(train_s, 1), "final_loss": final_loss, "params": params,
+            **metrics}
 
 
 def evaluate(net: nn.Module, parser: ConfigParser, plan: dict, device: torch.device) -> dict:
@@ -398,7 +402,8 @@ def _stats(values: list[float]) -> dict:
 def _cell(s: dict, scale: float = 100.0, digits: int = 1) -> str:
     if s["mean"] is None:
         return "n/a"
-    return f"{s['mean'] * scale:.{digits}f} ± {s['std'] * scale:.{digits}f}" if s["n"] > 1 else f"{s['mean'] * scale:.{digits}f}"
+    mean = f"{s['mean'] * scale:.{digits}f}"
+    return f"{mean} ± {s['std'] * scale:.{digits}f}" if s["n"] > 1 else mean
 
 
 def markdown(result: dict) -> str:
@@ -422,7 +427,7 @@ def markdown(result: dict) -> str:
             avg = np.mean([v for v in means if v is not None]) * 100 if any(v is not None for v in means) else None
             lines.append(f"| {m[5:]} | " + " | ".join(_cell(table[m][c]["mean_dice"]) for c in cols)
                          + f" | {'n/a' if avg is None else f'{avg:.1f}'} |\n")
-    lines.append(f"\nTraining time per run (s, mean): "
+    lines.append("\nTraining time per run (s, mean): "
                  + ", ".join(f"{m} {np.mean([r['train_s'] for r in result['runs'] if r['model'] == m]):.0f}"
                              for m in models) + "\n")
     return "".join(lines)
@@ -470,10 +475,13 @@ def setup_logging(path: Path) -> None:
 
 
 def run_study(out_dir: str | Path = "study", size: str = "auto", device: str = "auto", seeds: int | None = None,
-              iterations: int | None = None, spacings: tuple[float, ...] = SPACINGS, models: tuple[str, ...] | None = None,
-              dataset_dir: str | None = None, datalist: str = "dataset.json", threads: int | None = None) -> dict:
+              iterations: int | None = None, spacings: tuple[float, ...] = SPACINGS,
+              models: tuple[str, ...] | None = None, dataset_dir: str | None = None, datalist: str = "dataset.json",
+              threads: int | None = None) -> dict:
     """Run the study (synthetic spacings, or the user's data set) and write results.json/.md and the plot."""
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
     size_name = ("gpu" if dev.type == "cuda" else "cpu") if size == "auto" else size
     if size_name not in SIZES:
         raise BundleInputError(f"--size must be one of {sorted(SIZES)}, got {size_name!r}")
@@ -505,12 +513,12 @@ def run_study(out_dir: str | Path = "study", size: str = "auto", device: str = "
     total, counter, runs, plans = len(lists) * len(models) * n_seeds, [0], [], {}
     for label, (path, root) in lists.items():
         plan_path = out / "plans" / f"plan_{label.replace(' ', '_')}.json"
-        plans[label], cell_runs = run_dataset(path, root, models, preset, n_seeds, dev, plan_path, label, counter, total)
-        runs += cell_runs
+        plans[label], cell = run_dataset(path, root, models, preset, n_seeds, dev, plan_path, label, counter, total)
+        runs += cell
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python -m benchmarks.study"] + sys.argv[1:]) if sys.argv[0].endswith("study.py") else None,
-        "machine": {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+        "command": " ".join(["python -m benchmarks.study", *sys.argv[1:]]) if sys.argv[0].endswith("py") else None,
+        "machine": {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "device": str(dev),
                     "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None},
         "size": size_name, "budget": asdict(preset), "iterations": preset.iterations, "seeds": n_seeds,
@@ -532,7 +540,7 @@ def run_study(out_dir: str | Path = "study", size: str = "auto", device: str = "
 
 def main(argv: list[str] | None = None) -> None:
     install_excepthook()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="auto", help="smoke | cpu | gpu (default: gpu on cuda, else cpu)")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto")
     p.add_argument("--seeds", type=int, default=None, help="seeds per cell (default: the size's)")
