@@ -434,32 +434,35 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    """Mean Dice against slice spacing per model (error bars: std over seeds); Fig. 4's analogue."""
+    """Dice against slice spacing per model, mean over the foreground classes and per class (error bars: std over
+    seeds); the analogue of the paper's Fig. 4."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    cols = result["columns"]
+    cols, table = result["columns"], result["table"]
+    classes = list(table[result["models"][0]][cols[0]]["dice"])
+    panels = [("mean foreground", lambda cell: cell["mean_dice"])]
+    panels += [(c, lambda cell, c=c: cell["dice"][c]) for c in classes]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
     x = result.get("spacings") or list(range(len(cols)))
-    for m in result["models"]:
-        cells = [result["table"][m][c]["mean_dice"] for c in cols]
-        y = [np.nan if s["mean"] is None else 100 * s["mean"] for s in cells]
-        err = [0 if s["std"] is None else 100 * s["std"] for s in cells]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=m)
-    if result.get("spacings"):
-        ax.set_xlabel("slice spacing (mm), in-plane fixed")
-        ax.set_xticks(x)
-    else:
-        ax.set_xticks(x, cols)
-    ax.set_ylabel("mean foreground Dice (%)")
-    ax.set_title(f"size {result['size']}, {result['iterations']} iterations, {result['seeds']} seed(s)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    for ax, (title, pick) in zip(axes[0], panels):
+        for m in result["models"]:
+            cells = [pick(table[m][c]) for c in cols]
+            y = [np.nan if s["mean"] is None else 100 * s["mean"] for s in cells]
+            err = [0 if s["std"] is None else 100 * s["std"] for s in cells]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=m)
+        ax.set_xticks(x, [f"{v:g}" for v in x] if result.get("spacings") else cols)
+        ax.set_xlabel("slice spacing (mm), in-plane fixed" if result.get("spacings") else "data set")
+        ax.set_ylabel("Dice (%)")
+        ax.set_title(f"{title} Dice")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"size {result['size']}: {result['iterations']} iterations, {result['seeds']} seed(s)")
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120)
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 
@@ -538,6 +541,17 @@ def run_study(out_dir: str | Path = "study", size: str = "auto", device: str = "
     return result
 
 
+def render(results_json: str | Path) -> None:
+    """Rewrite results.md and dice_vs_spacing.png next to an existing results.json (no training)."""
+    path = Path(results_json)
+    if not path.is_file():
+        raise BundleInputError(f"{path}: results file not found")
+    result = json.loads(path.read_text())
+    with atomic_path(path.parent / "results.md") as tmp:
+        Path(tmp).write_text(markdown(result))
+    plot(result, path.parent / "dice_vs_spacing.png")
+
+
 def main(argv: list[str] | None = None) -> None:
     install_excepthook()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -551,7 +565,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dataset_dir", default=None, help="your data set (MSD layout); compares MNet with the U-Nets")
     p.add_argument("--datalist", default="dataset.json", help="relative to --dataset_dir, or absolute")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--render", default=None, help="only re-render results.md and the plot from this results.json")
     a = p.parse_args(argv)
+    if a.render:
+        return render(a.render)
     run_study(a.out_dir, a.size, a.device, a.seeds, a.iterations, tuple(a.spacings), a.models, a.dataset_dir,
               a.datalist, a.threads)
 

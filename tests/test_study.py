@@ -70,6 +70,9 @@ def test_smoke_study_fills_every_cell(tmp_path):
     log = (tmp_path / "study.log").read_text()
     assert "[10/10] unet3d @ 8 mm seed 0" in log and "study: done" in log
     assert not list(tmp_path.rglob(".tmp_*"))  # every write went temp-then-rename
+    (tmp_path / "results.md").unlink()
+    study.main(["--render", str(tmp_path / "results.json")])  # re-rendering without training gives the same table
+    assert (tmp_path / "results.md").read_text() == md
 
 
 def test_missing_datalist_is_one_clear_error(tmp_path):
