@@ -89,6 +89,6 @@ def test_unknown_size_is_refused(tmp_path):
 @pytest.mark.slow
 def test_mnet_learns_on_5mm(tmp_path):
     """The CPU budget is enough for MNet to find the organ on the 5 mm phantoms (chance: Dice ~ organ fraction)."""
-    result = study.run_study(tmp_path, size="cpu", device="cpu", spacings=(5.0,), models=("mnet_sub",), threads=2)
+    result = study.run_study(tmp_path, size="cpu", device="cpu", spacings=(5.0,), models=("mnet_sub",), threads=1)
     organ = result["table"]["mnet_sub"]["5 mm"]["dice"]["organ"]["mean"]
     assert organ > 0.5, organ
