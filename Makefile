@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 DEMO_ARGS ?=
+STUDY_ARGS ?=
 
-.PHONY: venv demo test test-slow test-all lint bench package test-monailabel clean
+.PHONY: venv demo test test-slow test-all lint bench study package test-monailabel clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +38,10 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.network
 	$(PY) -m benchmarks.pipeline
 	$(PY) -m benchmarks.inference
+
+# MNet vs 2D/3D U-Nets across slice spacings (docs/study.md); STUDY_ARGS="--device cuda" for the full size
+study: $(STAMP)
+	$(PY) -m benchmarks.study $(STUDY_ARGS)
 
 package: $(STAMP)
 	$(PY) -m scripts.package --bundle_root . --out_dir dist
