@@ -22,7 +22,8 @@ def zoo_pretty_json(text: str) -> str:
 
 
 def test_zoo_pretty_json_puts_one_item_per_line():
-    assert zoo_pretty_json('{"b": [1, 2], "a": "\\u00e9"}') == '{\n    "b": [\n        1,\n        2\n    ],\n    "a": "\\u00e9"\n}\n'
+    expected = '{\n    "b": [\n        1,\n        2\n    ],\n    "a": "\\u00e9"\n}\n'
+    assert zoo_pretty_json('{"b": [1, 2], "a": "\\u00e9"}') == expected
 
 
 def test_there_are_configs_to_check():
@@ -34,7 +35,8 @@ def test_config_is_in_the_zoo_json_format(path):
     text = path.read_text()
     expected = zoo_pretty_json(text)
     if text != expected:
-        pairs = enumerate(zip(text.splitlines(), expected.splitlines()))
-        first = next((i for i, (got, want) in pairs if got != want), min(len(text.splitlines()), len(expected.splitlines())))
+        got_lines, want_lines = text.splitlines(), expected.splitlines()
+        pairs = enumerate(zip(got_lines, want_lines))
+        first = next((i for i, (got, want) in pairs if got != want), min(len(got_lines), len(want_lines)))
         pytest.fail(f"{path.relative_to(BUNDLE)}: not in the zoo's JSON format from line {first + 1} "
                     "(4-space indent, one item per line); run `pre-commit run pretty-format-json --all-files`")
