@@ -8,7 +8,7 @@ DEMO_DIR ?= demo
 DEMO_ARGS ?=
 STUDY_ARGS ?=
 
-.PHONY: venv demo test test-slow test-all lint bench study package test-monailabel clean
+.PHONY: venv demo test test-slow test-all lint format format-check test-zoo-ci test-py310 bench study package test-monailabel clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
+	$(MAKE) format-check
 	$(PY) -m pytest -m "not slow"
+	$(call zoo_ci,$(PY))
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
@@ -33,6 +35,49 @@ test-all: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+
+# The model zoo's code-format rules (pyproject.toml [tool.black]/[tool.isort], setup.cfg [flake8]); flake8 covers what
+# the zoo checks: the shipped scripts/ and the zoo-format unit tests.
+FLAKE8_PATHS := scripts tests/zoo_ci
+format: $(STAMP)
+	$(PY) -m isort --quiet .
+	$(PY) -m black --quiet .
+
+format-check: $(STAMP)
+	$(PY) -m isort --check-only --diff .
+	$(PY) -m black --check .
+	$(PY) -m flake8 $(FLAKE8_PATHS) --count --statistics
+
+# tests/zoo_ci/ through a runner with the zoo's semantics, on a copy staged as <tmp>/models/<bundle>; the _dist test
+# runs under torchrun as in the zoo's GPU premerge (`torchrun runner.py --dist True`), and starts 2 processes itself.
+ZOO_BUNDLE := mnet_anisotropic_segmentation
+define zoo_ci
+	$(1) tests/zoo_ci/runner.py --b $(ZOO_BUNDLE) --stage .
+	$(1) -m torch.distributed.run --standalone --nproc_per_node=1 tests/zoo_ci/runner.py --b $(ZOO_BUNDLE) --dist True --stage .
+endef
+
+test-zoo-ci: $(STAMP)
+	$(call zoo_ci,$(PY))
+
+# Python 3.10 (the zoo CI's Python): the runtime pins plus the test tools, in .venv-py310 (git-ignored, reused while
+# the requirements are unchanged). No local CPU wheel of torch exists for cp310, so torch comes from PyPI as the CUDA
+# build (runs on the CPU; about 4.6 GB installed): docs/README.md, "Tested with".
+PYTHON310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10) python3.10)
+VENV310 := .venv-py310
+PY310 := $(VENV310)/bin/python
+$(VENV310)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON310) -m venv $(VENV310)
+	$(PY310) -m pip install --quiet --upgrade pip
+	$(PY310) -m pip install --quiet -r requirements.txt $$(grep -E '^(pytest|jsonschema|psutil)==' requirements-dev.txt)
+	touch $@
+
+# On 3.10: the pins are what is installed, the zoo's verify_bundle checks (directory, version, metadata schema,
+# verify_net_in_out, ckpt_export) from tests/test_zoo.py, and the zoo-format unit test (one-epoch train, evaluate and
+# infer on tiny synthetic data). The 2-process test and the rest of the suite run on the main Python in `make test`.
+PY310_ZOO_CHECKS := directory or verify_metadata or version or pins or verify_net_in_out or ckpt_export
+test-py310: $(VENV310)/.installed
+	$(PY310) -m pytest -p no:cacheprovider tests/test_pins.py tests/test_zoo.py -k "$(PY310_ZOO_CHECKS)"
+	$(PY310) tests/zoo_ci/runner.py --b $(ZOO_BUNDLE) --stage .
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.network

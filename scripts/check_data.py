@@ -75,7 +75,7 @@ def _load(path: Any, problems: list[Problem]) -> _Volume | None:
         return None
     try:
         return _read(path)
-    except Exception as err:  # noqa: BLE001 - any reader failure means the same thing to the user
+    except Exception as err:  # any reader failure means the same thing to the user
         problems.append(Problem(path, f"unreadable or truncated ({type(err).__name__}: {err})", "a complete image"))
         return None
 
@@ -288,7 +288,7 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> Any:
         raise BundleInputError(f"{path}: checkpoint not found (train first, or point ckpt_path/ckpt_dir at it)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - zip, pickle and EOF errors all mean "not a usable checkpoint"
+    except Exception as err:  # zip, pickle and EOF errors all mean "not a usable checkpoint"
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise BundleInputError(f"{path}: corrupted or not a PyTorch weights file ({reason})") from None
 

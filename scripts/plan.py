@@ -27,6 +27,7 @@ from scripts.plan_file import PLAN_KEYS, PLAN_VERSION, save_plan
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO_ROOT / "configs" / "plan.json"
 DEFAULT_KN = (32, 48, 64, 80, 96)
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)  # analyser workers; module level so the default is computed once
 
 # GPU budget calibrated on the paper (section 4.1): KiTS, batch 2 x 32x224x224 voxels, default widths and AMP on a
 # 32 GB V100. Activation memory grows ~linearly with voxels and with the widths, so the budget scales with both.
@@ -575,7 +576,7 @@ def main(
     kn: Any = DEFAULT_KN,
     modality: str = "auto",
     datastats: str = "",
-    workers: int = min(4, os.cpu_count() or 1),
+    workers: int = DEFAULT_WORKERS,
 ) -> None:
     """Plan a dataset, write configs/plan.json and print a key | value | why table.
 

@@ -125,7 +125,7 @@ class Server:
         ]  # fmt: skip
         log(" ".join(cmd))
         env = {**os.environ, "MONAI_LABEL_TRACKING_ENABLED": "false"}
-        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "w")  # closed in stop()
         # cwd = the work dir: the `monailabel` wrapper puts its cwd on PYTHONPATH, and `scripts` must come from the copy
         self.proc = subprocess.Popen(
             cmd, cwd=work, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, env=env
