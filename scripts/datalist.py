@@ -161,8 +161,9 @@ def _v2_case(images: list[str], label: str | None = None) -> dict:
 
 
 def _v2_list(datalist: Datalist, key: str) -> list[dict]:
-    """nnU-Net v2: ``training`` from imagesTr + labelsTr (or the explicit ``dataset`` entry), ``test`` from imagesTs,
-    cases sorted by identifier as nnU-Net does; a missing channel file is kept in the list for check_data to name."""
+    """nnU-Net v2: ``training`` from imagesTr + labelsTr (or the explicit ``dataset`` entry), ``test`` from imagesTs
+    (+ labelsTs where present), cases sorted by identifier as nnU-Net does; a missing channel or label file stays in
+    the list for check_data to name."""
     content, root, path = datalist.content, datalist.root, datalist.path
     if key == "validation":
         return []
@@ -181,8 +182,8 @@ def _v2_list(datalist: Datalist, key: str) -> list[dict]:
     cases = []
     for case in sorted(found):
         images = [found[case].get(c, str(folder / f"{case}_{c:04d}{ending}")) for c in channels]
-        label = str(root / "labelsTr" / f"{case}{ending}") if key == "training" else None
-        cases.append(_v2_case(images, label))
+        label = root / ("labelsTr" if key == "training" else "labelsTs") / f"{case}{ending}"
+        cases.append(_v2_case(images, str(label) if key == "training" or label.is_file() else None))
     expected = content.get("numTraining")
     if key == "training" and isinstance(expected, int) and expected != len(cases):
         raise BundleInputError(f"{path}: numTraining is {expected} but {folder} holds {len(cases)} case(s) named "

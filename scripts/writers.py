@@ -8,11 +8,10 @@ import os
 from monai.data import ITKWriter, NibabelWriter
 
 from scripts.atomic import atomic_path
-from scripts.datalist import image_suffix
+from scripts.datalist import IMAGE_SUFFIXES, NIFTI_SUFFIXES, image_suffix
 from scripts.errors import BundleInputError
 
-NIFTI_OUTPUTS = (".nii.gz", ".nii")
-ITK_OUTPUTS = (".nrrd", ".nhdr", ".mha", ".mhd")  # MONAI writes these only through ITK
+ITK_OUTPUTS = tuple(s for s in IMAGE_SUFFIXES if s not in NIFTI_SUFFIXES)  # MONAI writes these only through ITK
 
 
 class _AtomicWrite:
@@ -37,7 +36,7 @@ def writer_for(output_ext: str) -> type:
     """The writer class for ``--output_ext``, checked when the config is built (before the first case), so an
     unsupported or uninstalled output format fails at start-up in one line instead of after the whole inference."""
     ext = str(output_ext).lower()
-    if ext in NIFTI_OUTPUTS:
+    if ext in NIFTI_SUFFIXES:
         return AtomicNibabelWriter
     if ext in ITK_OUTPUTS:
         try:
@@ -46,5 +45,5 @@ def writer_for(output_ext: str) -> type:
             raise BundleInputError(f"--output_ext {output_ext}: writing {ext} needs the itk package (`pip install "
                                    "itk`, listed in requirements-optional.txt); or use .nii.gz") from None
         return AtomicITKWriter
-    supported = ", ".join(NIFTI_OUTPUTS + ITK_OUTPUTS)
+    supported = ", ".join(IMAGE_SUFFIXES)
     raise BundleInputError(f"--output_ext {output_ext}: unsupported output format (supported: {supported})")
