@@ -3,10 +3,12 @@ rule (case-insensitive suffixes, labels side by side, broken links), duplicates 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -26,6 +28,7 @@ from scripts.datalist import (
 from scripts.demo_data import write_dataset
 from scripts.errors import BundleInputError
 from scripts.plan import plan_dataset
+from tests.test_workflows import bundle_run, common
 
 ROOT = Path(__file__).resolve().parents[1]
 AFFINE = np.diag([0.8, 0.8, 5.0, 1.0])
@@ -106,7 +109,8 @@ def test_nnunet_v2_and_msd_give_the_same_split_and_cases(layouts):
     msd, v2 = layouts
     assert read_datalist("dataset.json", v2).layout == "nnunet_v2"
     for fold in range(5):
-        a, b = load_split(str(msd / "dataset.json"), str(msd), fold), load_split(str(v2 / "dataset.json"), str(v2), fold)
+        a = load_split(str(msd / "dataset.json"), str(msd), fold)
+        b = load_split(str(v2 / "dataset.json"), str(v2), fold)
         for key in ("train", "validation", "test"):
             assert names(a[key]) == names(b[key]), (fold, key)
     case = load_split(str(v2 / "dataset.json"), str(v2))["train"][0]
@@ -203,3 +207,101 @@ def test_folder_of_nnunet_channel_files_is_one_case_per_identifier(tmp_path):
     cases = folder_images(tmp_path)
     assert [[Path(p).name for p in c["image"]] for c in cases] == [["p1_0000.nii.gz", "p1_0001.nii.gz"],
                                                                   ["p2_0000.nii.gz", "p2_0001.nii.gz"]]
+
+
+# ---------------------------------------------------------------------------------------------------- workflows
+
+
+@pytest.fixture(scope="module")
+def trained_both(layouts, tmp_path_factory) -> dict[str, Path]:
+    """One tiny training run per layout, same settings and seed."""
+    works = {}
+    for name, data in zip(("msd", "v2"), layouts):
+        works[name] = tmp_path_factory.mktemp(f"bundle_{name}")
+        bundle_run("training", "--config_file", "configs/train.json", *common(works[name], data),
+                   "--epochs", "1", "--iterations_per_epoch", "1")  # fmt: skip
+    return works
+
+
+def _dice_rows(out: Path) -> list[list[str]]:
+    with open(out / "evaluation" / "val_mean_dice_raw.csv") as f:
+        return [row[1:] for row in csv.reader(f)]  # without the file name, which differs between layouts
+
+
+def _flip_labels_las(folder: Path) -> None:
+    """Store every label with its x axis reversed (LAS): other bytes, the same voxels in space."""
+    for path in folder.glob("*.nii.gz"):
+        label = nib.load(path)
+        affine = label.affine.copy()
+        affine[:3, 3] = (label.affine @ [label.shape[0] - 1, 0, 0, 1])[:3]
+        affine[:3, 0] = -label.affine[:3, 0]
+        nib.save(nib.Nifti1Image(np.asarray(label.dataobj)[::-1].copy(), affine), str(path))
+
+
+@pytest.mark.slow
+def test_nnunet_v2_trains_evaluates_and_infers_like_msd(layouts, trained_both, tmp_path):
+    import torch
+
+    msd, v2 = layouts
+    weights = {k: torch.load(w / "models" / "model.pt", map_location="cpu", weights_only=True)
+               for k, w in trained_both.items()}
+    assert all(torch.equal(weights["msd"][k], weights["v2"][k]) for k in weights["msd"]), "same data, same training"
+    for name, data in (("msd", msd), ("v2", v2)):
+        bundle_run("--config_file", "['configs/train.json','configs/evaluate.json']",
+                   *common(trained_both[name], data), "--eval_split", "test", "--output_dir", str(tmp_path / name))
+        bundle_run("--config_file", "configs/inference.json", *common(trained_both[name], data),
+                   "--output_dir", str(tmp_path / f"pred_{name}"))  # fmt: skip
+    assert _dice_rows(tmp_path / "msd") == _dice_rows(tmp_path / "v2") and len(_dice_rows(tmp_path / "v2")) == 3
+    for case in ("case_005", "case_006"):
+        a = nib.load(tmp_path / "pred_msd" / f"{case}_seg.nii.gz")
+        b = nib.load(tmp_path / "pred_v2" / f"{case}_0000_seg.nii.gz")
+        np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
+        np.testing.assert_allclose(a.affine, b.affine)
+    # labels stored flipped (LAS) but the same in space: accepted, and evaluated as the same labels
+    las = tmp_path / "las"
+    shutil.copytree(msd, las)
+    _flip_labels_las(las / "labelsTs")
+    bundle_run("--config_file", "['configs/train.json','configs/evaluate.json']", *common(trained_both["msd"], las),
+               "--eval_split", "test", "--output_dir", str(tmp_path / "las_eval"))  # fmt: skip
+    assert _dice_rows(tmp_path / "las_eval") == _dice_rows(tmp_path / "msd")
+
+
+# ---------------------------------------------------------------------------------------------------- output formats
+
+
+def test_output_format_is_checked_before_any_case(tmp_path, monkeypatch):
+    from monai.bundle import ConfigWorkflow
+
+    from scripts.errors import find_input_error
+    from scripts.writers import AtomicNibabelWriter, writer_for
+
+    assert writer_for(".nii.gz") is AtomicNibabelWriter and writer_for(".NII") is AtomicNibabelWriter
+    with pytest.raises(BundleInputError, match=r"--output_ext \.png: unsupported output format \(supported: \.nii\.gz"):
+        writer_for(".png")
+    monkeypatch.setitem(sys.modules, "itk", None)  # as with only requirements.txt installed
+    with pytest.raises(BundleInputError, match=r"--output_ext \.nrrd: writing \.nrrd needs the itk package"):
+        writer_for(".nrrd")
+    scans = tmp_path / "scans"
+    save(scans / "scan.nii.gz", np.random.default_rng(0).normal(size=(40, 40, 8)).astype(np.float32))
+    out = tmp_path / "out"
+    workflow = ConfigWorkflow(config_file=str(ROOT / "configs/inference.json"), workflow_type=None,
+                              bundle_root=str(ROOT), dataset_dir=str(scans), output_dir=str(out), output_ext=".nrrd",
+                              load_pretrain=False, kn=[4, 4, 6, 6, 8], patch_size=[32, 32, 8], num_workers=0)
+    with pytest.raises(Exception) as info:
+        workflow.initialize()
+        workflow.run()
+    assert "writing .nrrd needs the itk package" in str(find_input_error(info.value))
+    assert not out.exists(), "nothing is segmented or written before the format check"
+
+
+def test_nrrd_output_when_itk_is_installed(tmp_path):
+    pytest.importorskip("itk")
+    scans = tmp_path / "scans"
+    save(scans / "scan.nii.gz", np.random.default_rng(0).normal(size=(40, 40, 8)).astype(np.float32))
+    bundle_run("--config_file", "configs/inference.json", "--bundle_root", str(ROOT), "--dataset_dir", str(scans),
+               "--output_dir", str(tmp_path / "out"), "--output_ext", ".nrrd", "--load_pretrain", "false",
+               "--kn", "[4,4,6,6,8]", "--patch_size", "[32,32,8]", "--num_workers", "0")  # fmt: skip
+    from monai.transforms import LoadImage
+
+    pred = LoadImage(image_only=True)(str(tmp_path / "out" / "scan_seg.nrrd"))
+    assert tuple(pred.shape) == (40, 40, 8)
