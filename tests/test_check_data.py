@@ -239,7 +239,8 @@ def test_metre_spacing_and_nodata_fill_get_one_line_each(tmp_path: Path):
 
 def test_nrrd_without_its_reader_names_the_package(tmp_path: Path, monkeypatch):
     nrrd = pytest.importorskip("nrrd")
-    header = {"space": "right-anterior-superior", "space directions": np.diag([0.8, 0.8, 5.0]), "space origin": [0, 0, 0]}
+    header = {"space": "right-anterior-superior", "space directions": np.diag([0.8, 0.8, 5.0]),
+              "space origin": [0, 0, 0]}
     nrrd.write(str(tmp_path / "scan.nrrd"), np.zeros((8, 8, 3), np.int16), header)
     write_datalist(tmp_path, [{"image": str(tmp_path / "scan.nrrd")}])
     assert check_dataset(str(tmp_path)) == []

@@ -89,8 +89,8 @@ def test_multichannel_mr_as_one_4d_nifti_plans_trains_and_infers(tmp_path):
     training = []
     for case in range(5):
         label = _blob((40, 40, 9), rng)
-        image = np.stack([rng.normal(100, 10, label.shape) + 50.0 * label, rng.normal(100, 10, label.shape) - 50.0 * label],
-                         axis=-1)  # fmt: skip
+        t1, t2 = (rng.normal(100, 10, label.shape) + sign * 50.0 * label for sign in (1, -1))
+        image = np.stack([t1, t2], axis=-1)
         nib.save(nib.Nifti1Image(image.astype(np.float32), affine), data / f"c{case}.nii.gz")
         nib.save(nib.Nifti1Image(label, affine), data / f"c{case}_seg.nii.gz")
         training.append({"image": f"./c{case}.nii.gz", "label": f"./c{case}_seg.nii.gz"})
