@@ -87,8 +87,10 @@ def read_datalist(datalist: str | os.PathLike, dataset_dir: str | os.PathLike) -
     """Find and parse a datalist; one-line BundleInputError when it is missing, not JSON or not an object."""
     path = resolve_datalist(datalist, dataset_dir)
     if not path.is_file():
-        raise BundleInputError(f"{path}: datalist file not found (a relative --datalist is looked up in dataset_dir, "
-                               "then in the working directory)")
+        raise BundleInputError(
+            f"{path}: datalist file not found (a relative --datalist is looked up in dataset_dir, "
+            "then in the working directory)"
+        )
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as err:
@@ -96,8 +98,10 @@ def read_datalist(datalist: str | os.PathLike, dataset_dir: str | os.PathLike) -
     except json.JSONDecodeError as err:
         raise BundleInputError(f"{path}: malformed JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
     if not isinstance(content, dict):
-        raise BundleInputError(f"{path}: a JSON {type(content).__name__}, expected an object with a 'training' list "
-                               "(MSD) or 'channel_names' and 'file_ending' (nnU-Net v2)")
+        raise BundleInputError(
+            f"{path}: a JSON {type(content).__name__}, expected an object with a 'training' list "
+            "(MSD) or 'channel_names' and 'file_ending' (nnU-Net v2)"
+        )
     return Datalist(path, content, _layout(content))
 
 
@@ -109,9 +113,11 @@ def class_names(content: dict, source: Any = "dataset.json") -> dict[str, str] |
     if not isinstance(labels, dict):
         raise BundleInputError(f'{source}: \'labels\' must be an object such as {{"0": "background", "1": "organ"}}')
     if any(isinstance(v, (list, tuple, dict)) for v in labels.values()):
-        raise BundleInputError(f"{source}: region-based 'labels' (a label made of several classes, e.g. "
-                               f"{next(k for k, v in labels.items() if isinstance(v, (list, tuple, dict)))!r}) are "
-                               "not supported; give every class one integer")
+        raise BundleInputError(
+            f"{source}: region-based 'labels' (a label made of several classes, e.g. "
+            f"{next(k for k, v in labels.items() if isinstance(v, (list, tuple, dict)))!r}) are "
+            "not supported; give every class one integer"
+        )
     if all(isinstance(v, int) and not isinstance(v, bool) for v in labels.values()):
         named = {str(v): str(k) for k, v in labels.items()}
         if len(named) != len(labels):
@@ -170,13 +176,17 @@ def _v2_list(datalist: Datalist, key: str) -> list[dict]:
     ending = content.get("file_ending")
     names = channel_names(content)
     if not isinstance(ending, str) or not ending.startswith(".") or names is None:
-        raise BundleInputError(f"{path}: an nnU-Net v2 dataset.json needs 'file_ending' (e.g. \".nii.gz\") and "
-                               "'channel_names' (e.g. {\"0\": \"CT\"})")
+        raise BundleInputError(
+            f"{path}: an nnU-Net v2 dataset.json needs 'file_ending' (e.g. \".nii.gz\") and "
+            '\'channel_names\' (e.g. {"0": "CT"})'
+        )
     channels = sorted(int(c) for c in names)
     if key == "training" and isinstance(content.get("dataset"), dict):  # nnU-Net v2's explicit file listing
         items = sorted(content["dataset"].items())
-        return [_v2_case([os.path.normpath(root / p) for p in item["images"]], os.path.normpath(root / item["label"]))
-                for _, item in items]
+        return [
+            _v2_case([os.path.normpath(root / p) for p in item["images"]], os.path.normpath(root / item["label"]))
+            for _, item in items
+        ]
     folder = root / ("imagesTr" if key == "training" else "imagesTs")
     found = _channel_files(folder, ending)
     cases = []
@@ -186,8 +196,9 @@ def _v2_list(datalist: Datalist, key: str) -> list[dict]:
         cases.append(_v2_case(images, str(label) if key == "training" or label.is_file() else None))
     expected = content.get("numTraining")
     if key == "training" and isinstance(expected, int) and expected != len(cases):
-        raise BundleInputError(f"{path}: numTraining is {expected} but {folder} holds {len(cases)} case(s) named "
-                               f"<case>_XXXX{ending}")
+        raise BundleInputError(
+            f"{path}: numTraining is {expected} but {folder} holds {len(cases)} case(s) named <case>_XXXX{ending}"
+        )
     return cases
 
 
@@ -257,8 +268,10 @@ def folder_images(folder: str | os.PathLike) -> list[dict]:
     named ``<case>_0000``, ``<case>_0001``... (nnU-Net) form one multi-channel case. Broken links are an error."""
     root = Path(folder)
     if root.is_file():
-        raise BundleInputError(f"{root}: --dataset_dir is a file; give the folder that holds the images (every image "
-                               "in it is segmented) or a datalist with --datalist_file")
+        raise BundleInputError(
+            f"{root}: --dataset_dir is a file; give the folder that holds the images (every image "
+            "in it is segmented) or a datalist with --datalist_file"
+        )
     if not root.is_dir():
         raise BundleInputError(f"{root}: input folder not found")
     images, skipped = [], []
@@ -276,8 +289,10 @@ def folder_images(folder: str | os.PathLike) -> list[dict]:
     if skipped:
         logger.info(f"{root}: not segmented (label or output names): {', '.join(skipped)}")
     if not images:
-        raise BundleInputError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) found and no datalist given"
-                               + (f"; skipped label/output files {', '.join(skipped[:3])}" if skipped else ""))
+        raise BundleInputError(
+            f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) found and no datalist given"
+            + (f"; skipped label/output files {', '.join(skipped[:3])}" if skipped else "")
+        )
     return _group_channels(images)
 
 
@@ -305,8 +320,12 @@ def inference_list(dataset_dir: str, datalist_file: str | None = None, key: str 
 
 
 # which Python package can read which image suffix (MONAI picks the reader by what is installed)
-READER_PACKAGES = {".nrrd": (("nrrd", "pynrrd"), ("itk", "itk")), ".nhdr": (("nrrd", "pynrrd"), ("itk", "itk")),
-                   ".mha": (("itk", "itk"),), ".mhd": (("itk", "itk"),)}
+READER_PACKAGES = {
+    ".nrrd": (("nrrd", "pynrrd"), ("itk", "itk")),
+    ".nhdr": (("nrrd", "pynrrd"), ("itk", "itk")),
+    ".mha": (("itk", "itk"),),
+    ".mhd": (("itk", "itk"),),
+}
 
 
 def missing_reader(path: str | os.PathLike) -> str | None:

@@ -42,8 +42,10 @@ def writer_for(output_ext: str) -> type:
         try:
             importlib.import_module("itk")
         except ImportError:
-            raise BundleInputError(f"--output_ext {output_ext}: writing {ext} needs the itk package (`pip install "
-                                   "itk`, listed in requirements-optional.txt); or use .nii.gz") from None
+            raise BundleInputError(
+                f"--output_ext {output_ext}: writing {ext} needs the itk package (`pip install "
+                "itk`, listed in requirements-optional.txt); or use .nii.gz"
+            ) from None
         return AtomicITKWriter
     supported = ", ".join(IMAGE_SUFFIXES)
     raise BundleInputError(f"--output_ext {output_ext}: unsupported output format (supported: {supported})")

@@ -51,8 +51,13 @@ def to_nnunet_v2(msd: Path, out: Path) -> Path:
             (out / f"labels{folder}").mkdir(parents=True, exist_ok=True)
             shutil.copy(msd / item["image"], out / f"images{folder}" / f"{case}_0000.nii.gz")
             shutil.copy(msd / item["label"], out / f"labels{folder}" / f"{case}.nii.gz")
-    v2 = {"channel_names": {"0": "CT"}, "labels": V2_LABELS, "numTraining": len(content["training"]),
-          "file_ending": ".nii.gz", "name": "Dataset123_Synthetic"}
+    v2 = {
+        "channel_names": {"0": "CT"},
+        "labels": V2_LABELS,
+        "numTraining": len(content["training"]),
+        "file_ending": ".nii.gz",
+        "name": "Dataset123_Synthetic",
+    }
     (out / "dataset.json").write_text(json.dumps(v2))
     return out
 
@@ -66,8 +71,9 @@ def layouts(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def names(cases: list[dict]) -> list[str]:
-    return [case_name(c["image"] if isinstance(c["image"], str) else c["image"][0]).removesuffix("_0000")
-            for c in cases]
+    return [
+        case_name(c["image"] if isinstance(c["image"], str) else c["image"][0]).removesuffix("_0000") for c in cases
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------- one lookup rule
@@ -141,8 +147,10 @@ def test_nnunet_v2_multichannel_regions_and_mistakes(tmp_path):
     two = _v2(tmp_path / "two", {"0": "T2", "1": "ADC"}, {"background": 0, "zone": 1}, {"a": 2, "b": 2})
     items = read_datalist("dataset.json", two)
     cases = load_split(str(items.path), str(two), num_folds=2)["train"]
-    assert [Path(p).name for p in cases[0]["image"]] in (["a_0000.nii.gz", "a_0001.nii.gz"],
-                                                         ["b_0000.nii.gz", "b_0001.nii.gz"])
+    assert [Path(p).name for p in cases[0]["image"]] in (
+        ["a_0000.nii.gz", "a_0001.nii.gz"],
+        ["b_0000.nii.gz", "b_0001.nii.gz"],
+    )
     assert check_dataset(str(two)) == []
     regions = _v2(tmp_path / "regions", {"0": "T1"}, {"background": 0, "whole": [1, 2], "core": 2}, {"a": 1})
     lines = [str(p) for p in check_dataset(str(regions))]
@@ -172,8 +180,9 @@ def test_duplicates_and_test_cases_in_training_are_reported(layouts, tmp_path):
     with pytest.raises(BundleInputError, match=r"case case_002 is in both 'training' and 'test'; it would leak"):
         load_split(str(tmp_path / "leak.json"), str(msd))
     lines = [str(p) for p in check_dataset(str(msd), str(tmp_path / "leak.json"))]
-    assert lines == [f"{tmp_path / 'leak.json'}: case case_002 is in both 'training' and 'test'; it would leak into "
-                     "evaluation"], lines
+    assert lines == [
+        f"{tmp_path / 'leak.json'}: case case_002 is in both 'training' and 'test'; it would leak into evaluation"
+    ], lines
 
 
 # ---------------------------------------------------------------------------------------------------- folder mode
@@ -205,8 +214,10 @@ def test_folder_of_nnunet_channel_files_is_one_case_per_identifier(tmp_path):
         for c in range(2):
             save(tmp_path / f"{case}_{c:04d}.nii.gz", np.ones((8, 8, 3), np.float32))
     cases = folder_images(tmp_path)
-    assert [[Path(p).name for p in c["image"]] for c in cases] == [["p1_0000.nii.gz", "p1_0001.nii.gz"],
-                                                                  ["p2_0000.nii.gz", "p2_0001.nii.gz"]]
+    assert [[Path(p).name for p in c["image"]] for c in cases] == [
+        ["p1_0000.nii.gz", "p1_0001.nii.gz"],
+        ["p2_0000.nii.gz", "p2_0001.nii.gz"],
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------- workflows
@@ -243,12 +254,20 @@ def test_nnunet_v2_trains_evaluates_and_infers_like_msd(layouts, trained_both, t
     import torch
 
     msd, v2 = layouts
-    weights = {k: torch.load(w / "models" / "model.pt", map_location="cpu", weights_only=True)
-               for k, w in trained_both.items()}
+    weights = {
+        k: torch.load(w / "models" / "model.pt", map_location="cpu", weights_only=True) for k, w in trained_both.items()
+    }
     assert all(torch.equal(weights["msd"][k], weights["v2"][k]) for k in weights["msd"]), "same data, same training"
     for name, data in (("msd", msd), ("v2", v2)):
-        bundle_run("--config_file", "['configs/train.json','configs/evaluate.json']",
-                   *common(trained_both[name], data), "--eval_split", "test", "--output_dir", str(tmp_path / name))
+        bundle_run(
+            "--config_file",
+            "['configs/train.json','configs/evaluate.json']",
+            *common(trained_both[name], data),
+            "--eval_split",
+            "test",
+            "--output_dir",
+            str(tmp_path / name),
+        )
         bundle_run("--config_file", "configs/inference.json", *common(trained_both[name], data),
                    "--output_dir", str(tmp_path / f"pred_{name}"))  # fmt: skip
     assert _dice_rows(tmp_path / "msd") == _dice_rows(tmp_path / "v2") and len(_dice_rows(tmp_path / "v2")) == 3
@@ -284,9 +303,18 @@ def test_output_format_is_checked_before_any_case(tmp_path, monkeypatch):
     scans = tmp_path / "scans"
     save(scans / "scan.nii.gz", np.random.default_rng(0).normal(size=(40, 40, 8)).astype(np.float32))
     out = tmp_path / "out"
-    workflow = ConfigWorkflow(config_file=str(ROOT / "configs/inference.json"), workflow_type=None,
-                              bundle_root=str(ROOT), dataset_dir=str(scans), output_dir=str(out), output_ext=".nrrd",
-                              load_pretrain=False, kn=[4, 4, 6, 6, 8], patch_size=[32, 32, 8], num_workers=0)
+    workflow = ConfigWorkflow(
+        config_file=str(ROOT / "configs/inference.json"),
+        workflow_type=None,
+        bundle_root=str(ROOT),
+        dataset_dir=str(scans),
+        output_dir=str(out),
+        output_ext=".nrrd",
+        load_pretrain=False,
+        kn=[4, 4, 6, 6, 8],
+        patch_size=[32, 32, 8],
+        num_workers=0,
+    )
     with pytest.raises(Exception) as info:
         workflow.initialize()
         workflow.run()
