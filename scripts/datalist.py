@@ -71,11 +71,6 @@ class Datalist:
     content: dict
     layout: str  # "msd" (also nnU-Net v1) or "nnunet_v2"
 
-    @property
-    def root(self) -> Path:
-        """The folder its relative paths start from: nnU-Net v2 datasets are relative to the dataset.json."""
-        return self.path.parent
-
 
 def _layout(content: dict) -> str:
     if "training" not in content and ("file_ending" in content or "channel_names" in content):
@@ -166,11 +161,11 @@ def _v2_case(images: list[str], label: str | None = None) -> dict:
     return case if label is None else {**case, "label": label}
 
 
-def _v2_list(datalist: Datalist, key: str) -> list[dict]:
+def _v2_list(datalist: Datalist, key: str, dataset_dir: str | os.PathLike) -> list[dict]:
     """nnU-Net v2: ``training`` from imagesTr + labelsTr (or the explicit ``dataset`` entry), ``test`` from imagesTs
     (+ labelsTs where present), cases sorted by identifier as nnU-Net does; a missing channel or label file stays in
     the list for check_data to name."""
-    content, root, path = datalist.content, datalist.root, datalist.path
+    content, root, path = datalist.content, Path(dataset_dir), datalist.path
     if key == "validation":
         return []
     ending = content.get("file_ending")
@@ -205,7 +200,7 @@ def _v2_list(datalist: Datalist, key: str) -> list[dict]:
 def datalist_cases(datalist: Datalist, key: str, dataset_dir: str | os.PathLike) -> list[dict]:
     """The ``key`` list ("training", "validation", "test") as {"image": ..., "label": ...} dicts, absolute paths."""
     if datalist.layout == "nnunet_v2":
-        return _v2_list(datalist, key)
+        return _v2_list(datalist, key, dataset_dir)
     return _msd_list(datalist, key, dataset_dir)
 
 

@@ -541,8 +541,8 @@ def main(
     Errors exit with one line ("error: <file>: <problem>") instead of a traceback.
 
     Args:
-        dataset_dir: dataset root; datalist image/label paths are relative to it (MSD layout).
-        datalist: dataset.json with "training" (and "modality", "labels"); relative to dataset_dir or absolute.
+        dataset_dir: dataset root; datalist paths (MSD) and imagesTr/labelsTr (nnU-Net v2) are relative to it.
+        datalist: MSD or nnU-Net v2 dataset.json (docs/configs.md); relative: in dataset_dir, else the working dir.
         output: where to write the plan (default: <bundle>/configs/plan.json).
         gpu_memory_gb: training GPU memory; 32 reproduces the paper's V100 setting.
         kn: MNet widths per level, e.g. "[32,48,64,80,96]".
