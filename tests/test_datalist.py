@@ -333,3 +333,22 @@ def test_nrrd_output_when_itk_is_installed(tmp_path):
 
     pred = LoadImage(image_only=True)(str(tmp_path / "out" / "scan_seg.nrrd"))
     assert tuple(pred.shape) == (40, 40, 8)
+
+
+def test_evaluation_compares_a_flipped_label_in_space(tmp_path):
+    """evaluate.json keeps the original label for the metrics; one stored LAS must come out on the image's grid."""
+    from monai.bundle import ConfigParser
+
+    image = np.random.default_rng(0).normal(size=(12, 10, 4)).astype(np.float32)
+    label = (np.arange(480).reshape(12, 10, 4) % 3).astype(np.uint8)
+    las = AFFINE.copy()
+    las[0, 0], las[0, 3] = -0.8, 0.8 * 11
+    case = {
+        "image": str(save(tmp_path / "img.nii.gz", image)),
+        "label": str(save(tmp_path / "lab.nii.gz", label[::-1].copy(), las)),
+    }
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / "configs/train.json"), str(ROOT / "configs/evaluate.json")])
+    parser.update({"bundle_root": str(ROOT), "dataset_dir": str(tmp_path)})
+    out = parser.get_parsed_content("validate#preprocessing")(case)
+    np.testing.assert_array_equal(np.asarray(out["original_label"])[0], label)
