@@ -136,7 +136,7 @@ def _image_problems(path: str, vol: _Volume, in_channels: int | None, channels_f
         bad = int(np.count_nonzero(~finite))
         if bad:
             problems.append(Problem(path, f"{bad} NaN/Inf voxel(s) in the image", "finite intensities"))
-        extreme = finite & (np.abs(vol.array) >= MAX_INTENSITY)
+        extreme = finite & ((vol.array >= MAX_INTENSITY) | (vol.array <= -MAX_INTENSITY))  # no float copy
         if extreme.any():
             value = float(vol.array[extreme].flat[0])
             problems.append(Problem(path, f"{int(extreme.sum())} voxel(s) at {value:.3g}, a NoData fill?",
@@ -174,7 +174,10 @@ def same_grid(shape_a: tuple[int, ...], affine_a: np.ndarray, shape_b: tuple[int
     """True when two voxel grids put their voxels at the same positions in space, whatever the storage order: one
     grid's index axes map onto the other's by a permutation and flips (RAS vs LAS, axes swapped), and the corner
     voxels coincide within AFFINE_TOL_MM. Orientationd + Spacingd then align the two exactly."""
-    mapping = np.linalg.solve(affine_b, affine_a)[:3, :3]  # voxel steps of grid a in voxels of grid b
+    try:
+        mapping = np.linalg.solve(affine_b, affine_a)[:3, :3]  # voxel steps of grid a in voxels of grid b
+    except np.linalg.LinAlgError:  # a degenerate (zero-spacing) header matches nothing
+        return False
     signed_permutation = np.round(mapping)
     if not np.allclose(mapping, signed_permutation, atol=1e-4) or not np.array_equal(
         np.sort(np.abs(signed_permutation), axis=0), np.array([[0, 0, 0], [0, 0, 0], [1, 1, 1]])
