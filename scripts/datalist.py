@@ -230,7 +230,8 @@ def load_split(datalist_file: str, dataset_dir: str, fold: int = 0, num_folds: i
 
     An explicit ``validation`` list in the datalist is used as is; otherwise ``training`` is split into
     ``num_folds`` folds with a fixed seed and fold ``fold`` is held out, so every run sees the same split.
-    Duplicate cases and cases shared between training and validation/test are refused: they leak.
+    Duplicate cases and validation cases that are also training cases are refused (they leak into validation);
+    test cases that are also training cases are logged as a warning (and listed by scripts.check_data).
     """
     datalist = read_datalist(datalist_file, dataset_dir)
     path = datalist.path
@@ -240,10 +241,13 @@ def load_split(datalist_file: str, dataset_dir: str, fold: int = 0, num_folds: i
     training, validation = lists["training"], lists["validation"]
     if not training:
         raise BundleInputError(f"{path}: the 'training' list is empty or missing")
-    overlaps = overlap_problems(lists)
-    if overlaps:
-        more = f" (+{len(overlaps) - 1} more)" if len(overlaps) > 1 else ""
-        raise BundleInputError(f"{path}: {overlaps[0]}{more}")
+    leaks = overlap_problems({key: lists[key] for key in ("training", "validation")})
+    if leaks:
+        more = f" (+{len(leaks) - 1} more)" if len(leaks) > 1 else ""
+        raise BundleInputError(f"{path}: {leaks[0]}{more}")
+    for problem in overlap_problems(lists):  # a test list may reuse training images for a look; scores on it may not
+        if problem not in leaks:
+            logger.warning(f"{path}: {problem}")
     if not validation:
         if len(training) < num_folds:
             raise BundleInputError(f"{path}: {len(training)} training cases cannot be split into {num_folds} folds")

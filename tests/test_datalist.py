@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
 import shutil
@@ -168,7 +169,7 @@ def test_nnunet_v2_multichannel_regions_and_mistakes(tmp_path):
 # ---------------------------------------------------------------------------------------------------- leaks
 
 
-def test_duplicates_and_test_cases_in_training_are_reported(layouts, tmp_path):
+def test_duplicates_and_test_cases_in_training_are_reported(layouts, tmp_path, caplog):
     msd, _ = layouts
     content = json.loads((msd / "dataset.json").read_text())
     twice = {**content, "training": content["training"] + content["training"][:1]}
@@ -177,8 +178,13 @@ def test_duplicates_and_test_cases_in_training_are_reported(layouts, tmp_path):
         load_split(str(tmp_path / "twice.json"), str(msd))
     leak = {**content, "test": content["test"] + content["training"][2:3]}
     (tmp_path / "leak.json").write_text(json.dumps(leak))
-    with pytest.raises(BundleInputError, match=r"case case_002 is in both 'training' and 'test'; it would leak"):
-        load_split(str(tmp_path / "leak.json"), str(msd))
+    with caplog.at_level(logging.WARNING, logger="mnet.datalist"):
+        assert len(load_split(str(tmp_path / "leak.json"), str(msd))["test"]) == 3
+    assert "case case_002 is in both 'training' and 'test'; it would leak into evaluation" in caplog.text
+    validation = {**content, "validation": content["training"][:1]}
+    (tmp_path / "validation.json").write_text(json.dumps(validation))
+    with pytest.raises(BundleInputError, match=r"case case_000 is in both 'training' and 'validation'; it would leak"):
+        load_split(str(tmp_path / "validation.json"), str(msd))
     lines = [str(p) for p in check_dataset(str(msd), str(tmp_path / "leak.json"))]
     assert lines == [
         f"{tmp_path / 'leak.json'}: case case_002 is in both 'training' and 'test'; it would leak into evaluation"
