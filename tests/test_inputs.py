@@ -95,8 +95,9 @@ def test_multichannel_mr_as_one_4d_nifti_plans_trains_and_infers(tmp_path):
         nib.save(nib.Nifti1Image(label, affine), data / f"c{case}_seg.nii.gz")
         training.append({"image": f"./c{case}.nii.gz", "label": f"./c{case}_seg.nii.gz"})
     datalist = {"modality": {"0": "T1", "1": "T2"}, "labels": {"0": "background", "1": "tumour"},
-                "training": training, "test": [{"image": "./c0.nii.gz"}]}
+                "training": training, "test": [{"image": "./new.nii.gz"}]}
     (data / "dataset.json").write_text(json.dumps(datalist))
+    (data / "new.nii.gz").write_bytes((data / "c0.nii.gz").read_bytes())  # a test case must not be a training case
     assert check_dataset(str(data)) == []
     assert plan_dataset(str(data), output=str(tmp_path / "planned.json"), workers=0)["in_channels"] == 2
     plan = tmp_path / "plan.json"
@@ -109,5 +110,5 @@ def test_multichannel_mr_as_one_4d_nifti_plans_trains_and_infers(tmp_path):
     MNet(2, 2, kn=(4, 4, 6, 6, 8)).load_state_dict(state)  # two input channels were learned
     out = tmp_path / "pred"
     bundle_run("--config_file", "configs/inference.json", *common, "--output_dir", str(out))
-    pred = nib.load(out / "c0_seg.nii.gz")
+    pred = nib.load(out / "new_seg.nii.gz")
     assert pred.shape == (40, 40, 9)
