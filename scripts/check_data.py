@@ -11,7 +11,6 @@ Usage: ``python -m scripts.check_data --dataset_dir D [--datalist dataset.json] 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -23,13 +22,25 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from scripts.datalist import (
+    LIST_KEYS,
+    channel_names,
+    class_names,
+    datalist_cases,
+    is_nifti,
+    load_split,
+    missing_reader,
+    overlap_problems,
+    read_datalist,
+)
 from scripts.errors import BundleInputError, install_excepthook
 from scripts.settings import as_bool
 
 install_excepthook()
 logger = logging.getLogger("mnet.check_data")
-AFFINE_TOL_MM = 1e-3  # image/label affines may differ by rounding only
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+AFFINE_TOL_MM = 1e-3  # image and label voxel positions may differ by rounding only
+MIN_SPACING_MM = 0.01  # below this a header is almost surely in metres (0.8 mm = 0.0008 m); micro-CT is ~0.01 mm
+MAX_INTENSITY = 1e10  # no scanner measures this; -3.4e38 (float32 lowest) is a GIS/MR "NoData" fill
 
 
 @dataclass(frozen=True)
@@ -55,7 +66,7 @@ class _Volume:
 
 def _read(path: str) -> _Volume:
     """Header and array; NIfTI through nibabel (fast, no ITK), other formats through MONAI's LoadImage."""
-    if path.endswith(NIFTI_SUFFIXES):
+    if is_nifti(path):
         img = nib.load(path)
         return _Volume(tuple(img.shape), np.asarray(img.affine, float), np.asanyarray(img.dataobj))
     from monai.transforms import LoadImage
@@ -73,9 +84,19 @@ def _load(path: Any, problems: list[Problem]) -> _Volume | None:
     if not os.path.isfile(path):
         problems.append(Problem(path, "file not found", "an existing file; datalist paths are relative to dataset_dir"))
         return None
+    package = missing_reader(path)
+    if package:
+        problems.append(Problem(path, "no reader for this format is installed", f"`pip install {package}` "
+                                "(listed in requirements-optional.txt), or the image converted to NIfTI"))
+        return None
+    package = missing_reader(path)
+    if package:
+        problems.append(Problem(path, "no reader for this format is installed", f"`pip install {package}` "
+                                "(listed in requirements-optional.txt), or the image converted to NIfTI"))
+        return None
     try:
         return _read(path)
-    except Exception as err:  # any reader failure means the same thing to the user
+    except Exception as err:
         problems.append(Problem(path, f"unreadable or truncated ({type(err).__name__}: {err})", "a complete image"))
         return None
 
@@ -95,15 +116,29 @@ def _channels(vol: _Volume) -> int:
     return 1 if len(vol.shape) == 3 else int(vol.shape[3])
 
 
-def _image_problems(path: str, vol: _Volume, in_channels: int | None) -> list[Problem]:
+def _spacing(affine: np.ndarray) -> list[float]:
+    return np.round(np.linalg.norm(affine[:3, :3], axis=0), 6).tolist()
+
+
+def _image_problems(path: str, vol: _Volume, in_channels: int | None, channels_from: str = "the plan") -> list[Problem]:
     problems = _spatial_problems(path, vol)
     if not problems and in_channels is not None and _channels(vol) != in_channels:
         problems.append(Problem(path, f"{_channels(vol)} image channel(s), shape {vol.shape}",
-                                f"{in_channels} channel(s) as in the plan's in_channels"))
+                                f"{in_channels} channel(s) as {channels_from} declares"))
+    if not problems and min(_spacing(vol.affine)) < MIN_SPACING_MM:
+        problems.append(Problem(path, f"voxel spacing {_spacing(vol.affine)} mm is implausibly small, a header "
+                                "written in metres?", f"spacing in millimetres (>= {MIN_SPACING_MM} mm)"))
     if np.issubdtype(vol.array.dtype, np.floating):
-        bad = int(np.count_nonzero(~np.isfinite(vol.array)))
+        finite = np.isfinite(vol.array)
+        bad = int(np.count_nonzero(~finite))
         if bad:
             problems.append(Problem(path, f"{bad} NaN/Inf voxel(s) in the image", "finite intensities"))
+        extreme = finite & ((vol.array >= MAX_INTENSITY) | (vol.array <= -MAX_INTENSITY))  # no float copy
+        if extreme.any():
+            value = float(vol.array[extreme].flat[0])
+            problems.append(Problem(path, f"{int(extreme.sum())} voxel(s) at {value:.3g}, a NoData fill?",
+                                    f"real intensities (|value| < {MAX_INTENSITY:g}); replace the fill by the "
+                                    "background value"))
     return problems
 
 
@@ -126,21 +161,48 @@ def _label_problems(path: str, vol: _Volume, num_classes: int | None) -> list[Pr
     return problems
 
 
-def _geometry_problems(label_path: str, image: _Volume, label: _Volume) -> list[Problem]:
-    """Image and label must share the voxel grid, otherwise training silently learns shifted masks."""
-    if tuple(image.shape[:3]) != tuple(label.shape[:3]):
-        return [Problem(label_path, f"label shape {label.shape[:3]} differs from the image's",
+def _corners(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    """World positions (mm) of the 8 corner voxel centres of a grid."""
+    index = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)])
+    return (affine @ index.T).T[:, :3]
+
+
+def same_grid(shape_a: tuple[int, ...], affine_a: np.ndarray, shape_b: tuple[int, ...], affine_b: np.ndarray) -> bool:
+    """True when two voxel grids put their voxels at the same positions in space, whatever the storage order: one
+    grid's index axes map onto the other's by a permutation and flips (RAS vs LAS, axes swapped), and the corner
+    voxels coincide within AFFINE_TOL_MM. Orientationd + Spacingd then align the two exactly."""
+    try:
+        mapping = np.linalg.solve(affine_b, affine_a)[:3, :3]  # voxel steps of grid a in voxels of grid b
+    except np.linalg.LinAlgError:  # a degenerate (zero-spacing) header matches nothing
+        return False
+    signed_permutation = np.round(mapping)
+    if not np.allclose(mapping, signed_permutation, atol=1e-4) or not np.array_equal(
+        np.sort(np.abs(signed_permutation), axis=0), np.array([[0, 0, 0], [0, 0, 0], [1, 1, 1]])
+    ):
+        return False
+    if sorted(shape_a[:3]) != sorted(shape_b[:3]):
+        return False
+    corners_a, corners_b = _corners(shape_a, affine_a), _corners(shape_b, affine_b)
+    distance = np.linalg.norm(corners_a[:, None, :] - corners_b[None, :, :], axis=-1)
+    return bool(distance.min(axis=1).max() <= AFFINE_TOL_MM and distance.min(axis=0).max() <= AFFINE_TOL_MM)
+
+
+def _geometry_problems(label_path: str, image: _Volume, label: _Volume, what: str = "label") -> list[Problem]:
+    """Image and label must cover the same voxels in space (storage order may differ: the transforms reorient both
+    to RAS), otherwise training silently learns shifted masks."""
+    if sorted(image.shape[:3]) != sorted(label.shape[:3]):
+        return [Problem(label_path, f"{what} shape {label.shape[:3]} differs from the image's",
                         f"{image.shape[:3]} like the image")]
-    if not np.allclose(image.affine, label.affine, rtol=0, atol=AFFINE_TOL_MM):
-        spacing_i = np.round(np.linalg.norm(image.affine[:3, :3], axis=0), 4).tolist()
-        spacing_l = np.round(np.linalg.norm(label.affine[:3, :3], axis=0), 4).tolist()
-        diff = float(np.abs(image.affine - label.affine).max())
-        found = f"label geometry differs from the image's (spacing {spacing_l} vs {spacing_i}, max diff {diff:.4g})"
-        return [Problem(label_path, found, f"the image's affine within {AFFINE_TOL_MM}")]
+    if not same_grid(image.shape, image.affine, label.shape, label.affine):
+        offset = float(np.abs(_corners(image.shape, image.affine) - _corners(label.shape, label.affine)).max())
+        found = (f"{what} geometry differs from the image's in world space (spacing {_spacing(label.affine)} vs "
+                 f"{_spacing(image.affine)} mm, corner voxels up to {offset:.4g} mm apart)")
+        return [Problem(label_path, found, f"the image's voxel positions within {AFFINE_TOL_MM} mm")]
     return []
 
 
-def check_case(case: Any, in_channels: int | None = None, num_classes: int | None = None) -> list[Problem]:
+def check_case(case: Any, in_channels: int | None = None, num_classes: int | None = None,
+               channels_from: str = "the plan") -> list[Problem]:
     """All problems of one datalist entry ({"image": path, "label": path} or a bare image path)."""
     if isinstance(case, (str, os.PathLike)):
         case = {"image": case}
@@ -151,63 +213,46 @@ def check_case(case: Any, in_channels: int | None = None, num_classes: int | Non
     volumes = [_load(p, problems) for p in images]
     for path, vol in zip(images, volumes):
         if vol is not None:
-            problems += _image_problems(os.fspath(path), vol, in_channels if len(images) == 1 else None)
+            problems += _image_problems(os.fspath(path), vol, in_channels if len(images) == 1 else 1, channels_from)
     if len(images) > 1 and in_channels is not None and len(images) != in_channels:
-        problems.append(Problem(os.fspath(images[0]), f"{len(images)} image files", f"{in_channels} (in_channels)"))
+        problems.append(Problem(os.fspath(images[0]), f"{len(images)} image files",
+                                f"{in_channels} channel(s) as {channels_from} declares"))
+    first = volumes[0] if volumes[0] is not None and not _spatial_problems("", volumes[0]) else None
+    for path, vol in zip(images[1:], volumes[1:]):
+        if first is not None and vol is not None and not _spatial_problems("", vol):
+            problems += _geometry_problems(os.fspath(path), first, vol, what="channel")
     if case.get("label") is not None:
         label = _load(case["label"], problems)
         if label is not None:
             problems += _label_problems(os.fspath(case["label"]), label, num_classes)
-            if volumes[0] is not None and not _spatial_problems("", volumes[0]):
-                problems += _geometry_problems(os.fspath(case["label"]), volumes[0], label)
+            if first is not None and not _spatial_problems("", label):
+                problems += _geometry_problems(os.fspath(case["label"]), first, label)
     return problems
 
 
-def check_cases(cases: Any, plan: dict | None = None, num_classes: int | None = None) -> list[Problem]:
-    """Check every case against the plan (channels, classes); ``num_classes`` is used when there is no plan."""
-    in_channels = plan["in_channels"] if plan else None
+def check_cases(cases: Any, plan: dict | None = None, num_classes: int | None = None,
+                in_channels: int | None = None) -> list[Problem]:
+    """Check every case against the plan (channels, classes); ``num_classes`` and ``in_channels`` (declared by the
+    datalist) are used when there is no plan."""
+    channels_from = "the plan's in_channels" if plan else "the datalist"
+    in_channels = plan["in_channels"] if plan else in_channels
     num_classes = plan["out_channels"] if plan else num_classes
     if not isinstance(cases, (list, tuple)) or not cases:
         return [Problem("datalist", "no cases to check (empty list)", "at least one case")]
-    return [p for case in cases for p in check_case(case, in_channels, num_classes)]
+    return [p for case in cases for p in check_case(case, in_channels, num_classes, channels_from)]
 
 
-def _read_datalist(path: Path) -> tuple[dict | None, list[Problem]]:
-    if not path.is_file():
-        return None, [Problem(str(path), "datalist file not found", "an MSD-style dataset.json")]
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        return None, [Problem(str(path), f"malformed JSON ({err})", "a valid JSON object")]
-    if not isinstance(content, dict):
-        return None, [Problem(str(path), f"a JSON {type(content).__name__}", 'an object with a "training" list')]
-    return content, []
-
-
-def _datalist_cases(path: Path, content: dict, dataset_dir: str) -> tuple[list, list[Problem]]:
-    """Entries of training/validation/test with absolute paths, plus structural problems."""
-    from scripts.datalist import _read_list
-
-    if not isinstance(content.get("training"), list) or not content["training"]:
-        problems = [Problem(str(path), "'training' list is empty or missing", "a non-empty list of cases")]
-    else:
-        problems = []
-    cases = []
-    for key in ("training", "validation", "test"):
-        try:
-            cases += _read_list(path, key, dataset_dir)
-        except BundleInputError as err:
-            problems.append(Problem(str(path), str(err).split(": ", 1)[-1]))
-    return cases, problems
+def _from_error(err: BundleInputError, expected: str = "") -> Problem:
+    """A BundleInputError "<file>: <problem>" as a Problem."""
+    file, _, problem = str(err).partition(": ")
+    return Problem(file, problem, expected) if problem else Problem("datalist", file, expected)
 
 
 def _fold_problems(path: Path, dataset_dir: str, fold: int) -> list[Problem]:
-    from scripts.datalist import load_split
-
     try:
         split = load_split(str(path), dataset_dir, fold=fold)
     except BundleInputError as err:
-        return [Problem(str(path), str(err).split(": ", 1)[-1])]
+        return [_from_error(err)]
     return [Problem(str(path), f"fold {fold}: '{k}' is empty", "a non-empty list")
             for k in ("train", "validation") if not split[k]]
 
@@ -223,34 +268,46 @@ def _plan_or_problem(plan: str | dict | None) -> tuple[dict | None, list[Problem
         return None, [Problem(str(plan), str(err).split(": ", 1)[-1], "a plan as in docs/plan_format.md")]
 
 
-def _declared_classes(content: dict) -> int | None:
-    labels = content.get("labels")
-    return len(labels) if isinstance(labels, dict) and labels else None
-
-
 def check_dataset(dataset_dir: str, datalist: str = "dataset.json", plan: str | dict | None = None,
                   fold: int | None = None) -> list[Problem]:
-    """Every problem of a data set: datalist, plan, folds, and each case's files (headers and arrays)."""
-    path = Path(datalist) if Path(datalist).is_absolute() else Path(dataset_dir) / datalist
+    """Every problem of a data set: datalist (MSD or nnU-Net v2), plan, folds, duplicates, and each case's files."""
     plan_dict, problems = _plan_or_problem(plan)
-    content, found = _read_datalist(path)
-    problems += found
-    if content is None:
-        return problems
-    cases, found = _datalist_cases(path, content, dataset_dir)
-    problems += found
-    if fold is not None:
+    try:
+        found = read_datalist(datalist, dataset_dir)
+    except BundleInputError as err:
+        return [*problems, _from_error(err, "an MSD or nnU-Net v2 dataset.json")]
+    path, lists = found.path, {}
+    for key in LIST_KEYS:
+        try:
+            lists[key] = datalist_cases(found, key, dataset_dir)
+        except BundleInputError as err:
+            problems.append(_from_error(err))
+    if "training" in lists and not lists["training"]:
+        problems.append(Problem(str(path), "'training' list is empty or missing", "a non-empty list of cases"))
+    overlaps = [Problem(str(path), p) for p in overlap_problems(lists)]
+    problems += overlaps
+    if fold is not None and not overlaps:
         problems += _fold_problems(path, dataset_dir, int(fold))
+    try:
+        labels = class_names(found.content, path)
+    except BundleInputError as err:
+        problems.append(_from_error(err))
+        labels = None
+    names = channel_names(found.content)
+    if plan_dict and names and len(names) != plan_dict["in_channels"]:
+        problems.append(Problem(str(path), f"declares {len(names)} channel(s) but the plan has in_channels "
+                                f"{plan_dict['in_channels']}", "the same number (re-run scripts.plan?)"))
+    cases = [case for key in LIST_KEYS for case in lists.get(key, [])]
     if cases:
-        problems += check_cases(cases, plan_dict, num_classes=_declared_classes(content))
+        problems += check_cases(cases, plan_dict, num_classes=len(labels) if labels else None,
+                                in_channels=len(names) if names else None)
     return list(dict.fromkeys(problems))
 
 
 def check_or_raise(cases: Any, plan: dict | None = None, what: str = "the data", enabled: object = True) -> None:
     """Start-up check for the configs: log every problem, then raise one BundleInputError naming the first.
 
-    Takes the data lists the workflow will really use (MONAI Label replaces them and may have no datalist file);
-    ``enabled`` is the ``check_data`` setting.
+    Takes the data lists the workflow will really use (MONAI Label replaces them and may have no datalist file).
     """
     if not as_bool(enabled, "check_data"):
         return
@@ -288,7 +345,7 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> Any:
         raise BundleInputError(f"{path}: checkpoint not found (train first, or point ckpt_path/ckpt_dir at it)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # zip, pickle and EOF errors all mean "not a usable checkpoint"
+    except Exception as err:
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise BundleInputError(f"{path}: corrupted or not a PyTorch weights file ({reason})") from None
 

@@ -304,7 +304,7 @@ def ensure_evaluation(work: Path, settings: Profile, timings: dict[str, float]) 
 def ensure_inference(work: Path, settings: Profile, test_cases: list[dict[str, str]],
                      timings: dict[str, float]) -> Path:
     """Segment the held-out images with configs/inference.json, unless every prediction is newer than the model."""
-    from scripts.report import case_name
+    from scripts.datalist import case_name
 
     out, model = work / "predictions", work / "models" / "model.pt"
     expected = [out / f"{case_name(c['image'])}_seg.nii.gz" for c in test_cases]

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from scripts.datalist import Datalist, channel_names, class_names, datalist_cases, is_nifti, read_datalist
 from scripts.plan_file import PLAN_KEYS, PLAN_VERSION, save_plan
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -300,47 +301,21 @@ def _batch_note(plan: dict[str, Any], facts: dict[str, Any]) -> str:
 # datalist, files and MONAI's DataAnalyzer
 
 
-def read_datalist(dataset_dir: str | os.PathLike, datalist: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
-    """Load dataset.json (absolute, or relative to dataset_dir, else to the working directory)."""
-    root = Path(dataset_dir)
-    if not root.is_dir():
-        raise ValueError(f"{root}: dataset_dir is not a folder")
-    path = Path(datalist)
-    if not path.is_absolute():
-        path = root / path if (root / path).exists() or not path.exists() else path
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ValueError(f"{path}: cannot read the datalist ({err.strerror or err})") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: the datalist must be a JSON object with a 'training' list")
-    training = data.get("training")
-    if not isinstance(training, list) or not training:
-        raise ValueError(f"{path}: 'training' must be a non-empty list of {{'image': ..., 'label': ...}} entries")
-    return path, data
-
-
-def training_entries(data: dict[str, Any], dataset_dir: str | os.PathLike, source: Path) -> list[dict[str, Any]]:
-    """Image/label pairs with paths resolved against dataset_dir (MSD style); other keys (e.g. fold) dropped."""
-    entries = []
-    for i, item in enumerate(data["training"]):
+def training_entries(datalist: Datalist, dataset_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Image/label pairs of the training list (MSD or nnU-Net v2) with absolute paths; other keys dropped."""
+    training = datalist_cases(datalist, "training", dataset_dir)
+    if not training:
+        raise ValueError(f"{datalist.path}: 'training' must be a non-empty list of {{'image': ..., 'label': ...}} "
+                         "entries (or, nnU-Net v2, imagesTr/labelsTr must hold cases)")
+    for i, item in enumerate(training):
         if not (isinstance(item, dict) and item.get("image") and item.get("label")):
-            raise ValueError(f"{source}: training entry {i} needs both 'image' and 'label', got {item!r}")
-        entries.append({k: _resolve(item[k], dataset_dir) for k in ("image", "label")})
-    return entries
-
-
-def _resolve(value: str | list[str], dataset_dir: str | os.PathLike) -> str | list[str]:
-    if isinstance(value, list):
-        return [os.path.normpath(os.path.join(dataset_dir, v)) for v in value]
-    return os.path.normpath(os.path.join(dataset_dir, value))
+            raise ValueError(f"{datalist.path}: training entry {i} needs both 'image' and 'label', got {item!r}")
+    return [{k: item[k] for k in ("image", "label")} for item in training]
 
 
 def _nifti_channels(path: str) -> int | None:
     """Channel count from a NIfTI header (cheap); None for other formats, which only MONAI checks."""
-    if not path.endswith((".nii", ".nii.gz")):
+    if not is_nifti(path):
         return None
     import nibabel as nib
 
@@ -468,27 +443,13 @@ def summarize_report(report: dict) -> dict[str, Any]:
 
 def resolve_modality(flag: str, data: dict[str, Any], source: Path) -> tuple[str, int | None]:
     """'CT' or 'MR' from --modality, else from dataset.json 'modality' (MSD) or 'channel_names' (nnU-Net v2)."""
-    names = data.get("modality") or data.get("channel_names")
+    names = channel_names(data)
     if str(flag).lower() != "auto":
-        return ("CT" if str(flag).upper() == "CT" else "MR"), len(names) if isinstance(names, dict) else None
-    if not isinstance(names, dict) or not names:
+        return ("CT" if str(flag).upper() == "CT" else "MR"), len(names) if names else None
+    if not names:
         raise ValueError(f'{source}: no \'modality\' (e.g. {{"0": "CT"}}); add it or pass --modality CT or MR')
     is_ct = all(str(v).upper() == "CT" for v in names.values())
     return ("CT" if is_ct else "MR"), len(names)
-
-
-def datalist_labels(data: dict[str, Any], source: Path) -> dict[str, str] | None:
-    """Labels as {"0": "background", ...}; accepts MSD ({"0": name}) and nnU-Net v2 ({name: 0}) layouts."""
-    labels = data.get("labels")
-    if not labels:
-        return None
-    if not isinstance(labels, dict):
-        raise ValueError(f'{source}: \'labels\' must be an object such as {{"0": "background", "1": "organ"}}')
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in labels.values()):
-        return {str(v): str(k) for k, v in labels.items()}
-    if any(isinstance(v, (list, dict)) for v in labels.values()):
-        raise ValueError(f"{source}: region-based 'labels' (lists of classes) are not supported")
-    return {str(k): str(v) for k, v in labels.items()}
 
 
 def _parse_kn(kn: Any) -> list[int]:
@@ -519,29 +480,27 @@ def plan_dataset(
     """Analyse the dataset, decide the plan, save it; raise ValueError (one line, naming the file) on bad input."""
     kn = _parse_kn(kn)
     _check_args(gpu_memory_gb, kn, "arguments")  # before the (possibly long) analysis
-    source, data = read_datalist(dataset_dir, datalist)
-    entries = training_entries(data, dataset_dir, source)
+    if not Path(dataset_dir).is_dir():
+        raise ValueError(f"{dataset_dir}: dataset_dir is not a folder")
+    found = read_datalist(datalist, dataset_dir)
+    source, data = found.path, found.content
+    entries = training_entries(found, dataset_dir)
     modality, named_channels = resolve_modality(modality, data, source)
-    labels = datalist_labels(data, source)
+    labels = class_names(data, source)
     check_files(entries, source)
-    _integrity_check(entries, labels)
+    _integrity_check(entries, labels, named_channels)
     stats = summarize_report(run_analyzer(entries, source, datastats, workers))
     plan = decide_plan(stats, modality, labels, gpu_memory_gb, kn, source=str(source))
-    if named_channels is not None and named_channels != plan["in_channels"]:
-        plan["notes"].append(
-            f"in_channels: WARNING the datalist names {named_channels} channel(s) but the images have "
-            f"{plan['in_channels']}; the images win."
-        )
     save_plan(plan, output or DEFAULT_OUTPUT)
     return plan
 
 
-def _integrity_check(entries: list[dict[str, Any]], labels: dict[str, str] | None) -> None:
+def _integrity_check(entries: list[dict[str, Any]], labels: dict[str, str] | None, channels: int | None) -> None:
     """The same per-case checks as training's start-up (scripts.check_data): print every problem, raise on the
     first, so a bad case is found before the analysis rather than skewing the plan."""
     from scripts.check_data import check_cases
 
-    problems = check_cases(entries, None, num_classes=len(labels) if labels else None)
+    problems = check_cases(entries, None, num_classes=len(labels) if labels else None, in_channels=channels)
     for problem in problems:
         print(problem)
     if problems:
@@ -583,8 +542,8 @@ def main(
     Errors exit with one line ("error: <file>: <problem>") instead of a traceback.
 
     Args:
-        dataset_dir: dataset root; datalist image/label paths are relative to it (MSD layout).
-        datalist: dataset.json with "training" (and "modality", "labels"); relative to dataset_dir or absolute.
+        dataset_dir: dataset root; datalist paths (MSD) and imagesTr/labelsTr (nnU-Net v2) are relative to it.
+        datalist: MSD or nnU-Net v2 dataset.json (docs/configs.md); relative: in dataset_dir, else the working dir.
         output: where to write the plan (default: <bundle>/configs/plan.json).
         gpu_memory_gb: training GPU memory; 32 reproduces the paper's V100 setting.
         kn: MNet widths per level, e.g. "[32,48,64,80,96]".

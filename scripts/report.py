@@ -24,6 +24,8 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
+from scripts.datalist import case_name  # noqa: E402
+
 CT_WINDOW = (-60.0, 240.0)  # level 90 / width 300 HU: organ (~100-140 HU) and its darker lesions stand out
 CLASS_COLOURS = [(0.0, 0.0, 0.0, 0.0), (0.1, 0.85, 0.3, 0.35), (1.0, 0.15, 0.15, 0.6)]  # background, label 1, label 2
 CONTOUR_COLOURS = ["#2ee05a", "#ff3030", "#3fa0ff", "#ffd000"]
@@ -124,15 +126,6 @@ def plan_markdown(plan: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------------------------------------------------
 # evaluation metrics
-
-
-def case_name(path: str) -> str:
-    """'.../case_020.nii.gz' -> 'case_020'."""
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def _number(text: str) -> float:

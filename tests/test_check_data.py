@@ -111,7 +111,7 @@ def test_cli_lists_all_and_fails(broken: Path):
 def test_clean_dataset_passes_and_unusual_geometry_is_fine(tmp_path: Path):
     cases = [good_case(tmp_path, "a"), good_case(tmp_path, "odd", shape=(7, 33, 3)),
              good_case(tmp_path, "thick_first", shape=(3, 40, 40))]
-    write_datalist(tmp_path, cases * 2)
+    write_datalist(tmp_path, cases)
     assert check_dataset(str(tmp_path), plan=plan(thick_axis=0)) == []
     check_or_raise(cases, plan(anisotropic=False))  # isotropic: a note, no error
 
@@ -180,3 +180,69 @@ def test_truncated_gzip_detected_even_with_intact_header(tmp_path: Path):
     Path(case["image"]).write_bytes(gzip.compress(raw)[:-200])
     write_datalist(tmp_path, [case])
     assert any("unreadable or truncated" in str(p) for p in check_dataset(str(tmp_path)))
+
+
+# ---------------------------------------------------------------------------------------------------- world space
+
+LAS = np.diag([-0.8, 0.8, 5.0, 1.0])
+
+
+def test_label_stored_flipped_but_same_in_space_is_accepted(tmp_path: Path):
+    """A label stored LAS (x axis reversed, origin at the other end) covers the same voxels: accepted. The same
+    array with only the affine's sign flipped (origin kept) is mirrored in space: rejected."""
+    shape = (12, 10, 4)
+    case = good_case(tmp_path, "a", shape)
+    label = np.asarray(nib.load(case["label"]).dataobj)
+    las = LAS.copy()
+    las[0, 3] = 0.8 * (shape[0] - 1)  # voxel 0 of the flipped array is voxel 11 of the image
+    save(Path(case["label"]), label[::-1].copy(), las)
+    transposed = good_case(tmp_path, "t", shape)
+    swap = np.array([[0, 0.8, 0, 0], [0.8, 0, 0, 0], [0, 0, 5.0, 0], [0, 0, 0, 1]])  # label stored (y, x, z)
+    save(Path(transposed["label"]), np.transpose(label, (1, 0, 2)).copy(), swap)
+    mirrored = good_case(tmp_path, "m", shape)
+    save(Path(mirrored["label"]), label[::-1].copy(), LAS)  # x runs from 0 to -8.8 mm: other positions
+    write_datalist(tmp_path, [case, transposed, mirrored])
+    lines = [str(p) for p in check_dataset(str(tmp_path))]
+    assert len(lines) == 1 and "m_lab.nii.gz: label geometry differs from the image's in world space" in lines[0], lines
+
+
+def test_metre_spacing_and_nodata_fill_get_one_line_each(tmp_path: Path):
+    metres = good_case(tmp_path, "metres")
+    image = np.asarray(nib.load(metres["image"]).dataobj)
+    save(Path(metres["image"]), image, np.diag([0.0008, 0.0008, 0.005, 1.0]))
+    save(Path(metres["label"]), np.zeros(image.shape, np.uint8), np.diag([0.0008, 0.0008, 0.005, 1.0]))
+    nodata = good_case(tmp_path, "nodata")
+    filled = image.copy()
+    filled[:2] = np.finfo(np.float32).min  # -3.4e38, the MR/GIS NoData fill
+    save(Path(nodata["image"]), filled)
+    write_datalist(tmp_path, [metres, nodata, good_case(tmp_path, "ok")])
+    lines = [str(p) for p in check_dataset(str(tmp_path))]
+    assert len(lines) == 2, lines
+    assert "metres_img.nii.gz: voxel spacing [0.0008, 0.0008, 0.005] mm is implausibly small" in lines[0]
+    assert "nodata_img.nii.gz: 80 voxel(s) at -3.4e+38, a NoData fill?" in lines[1]
+
+
+def test_nrrd_without_its_reader_names_the_package(tmp_path: Path, monkeypatch):
+    nrrd = pytest.importorskip("nrrd")
+    header = {"space": "right-anterior-superior", "space directions": np.diag([0.8, 0.8, 5.0]),
+              "space origin": [0, 0, 0]}
+    nrrd.write(str(tmp_path / "scan.nrrd"), np.zeros((8, 8, 3), np.int16), header)
+    write_datalist(tmp_path, [{"image": str(tmp_path / "scan.nrrd")}])
+    assert check_dataset(str(tmp_path)) == []
+    monkeypatch.setitem(sys.modules, "nrrd", None)  # as with only requirements.txt installed
+    monkeypatch.setitem(sys.modules, "itk", None)
+    lines = [str(p) for p in check_dataset(str(tmp_path))]
+    assert len(lines) == 1 and "scan.nrrd: no reader for this format is installed" in lines[0], lines
+    assert "pip install pynrrd or itk" in lines[0] and "unreadable" not in lines[0]
+
+
+def test_multichannel_4d_nifti_against_the_declared_channels(tmp_path: Path):
+    """Channels in the 4th axis: accepted where the datalist declares that many, else one line."""
+    case = good_case(tmp_path, "mr")
+    image = np.random.default_rng(0).normal(size=(12, 10, 4, 2)).astype(np.float32)
+    save(Path(case["image"]), image)
+    write_datalist(tmp_path, [case], modality={"0": "T1", "1": "T2"})
+    assert check_dataset(str(tmp_path)) == []
+    write_datalist(tmp_path, [case], modality={"0": "T1", "1": "T2", "2": "FLAIR"})
+    lines = [str(p) for p in check_dataset(str(tmp_path))]
+    assert len(lines) == 1 and "mr_img.nii.gz: 2 image channel(s)" in lines[0] and "3 channel(s)" in lines[0], lines

@@ -75,3 +75,40 @@ def test_nrrd_folder_without_datalist(tmp_path):
     pred = nib.load(out / "scan_seg.nii.gz")
     assert pred.shape == image.shape
     np.testing.assert_allclose(pred.header.get_zooms(), SPACING, atol=1e-4)
+
+
+def test_multichannel_mr_as_one_4d_nifti_plans_trains_and_infers(tmp_path):
+    """Channels in the 4th axis of one NIfTI, where the datalist declares two channels (modality)."""
+    from scripts.check_data import check_dataset
+    from scripts.plan import plan_dataset
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    affine = np.diag([*SPACING, 1.0])
+    training = []
+    for case in range(5):
+        label = _blob((40, 40, 9), rng)
+        t1, t2 = (rng.normal(100, 10, label.shape) + sign * 50.0 * label for sign in (1, -1))
+        image = np.stack([t1, t2], axis=-1)
+        nib.save(nib.Nifti1Image(image.astype(np.float32), affine), data / f"c{case}.nii.gz")
+        nib.save(nib.Nifti1Image(label, affine), data / f"c{case}_seg.nii.gz")
+        training.append({"image": f"./c{case}.nii.gz", "label": f"./c{case}_seg.nii.gz"})
+    datalist = {"modality": {"0": "T1", "1": "T2"}, "labels": {"0": "background", "1": "tumour"},
+                "training": training, "test": [{"image": "./new.nii.gz"}]}
+    (data / "dataset.json").write_text(json.dumps(datalist))
+    (data / "new.nii.gz").write_bytes((data / "c0.nii.gz").read_bytes())  # a test case must not be a training case
+    assert check_dataset(str(data)) == []
+    assert plan_dataset(str(data), output=str(tmp_path / "planned.json"), workers=0)["in_channels"] == 2
+    plan = tmp_path / "plan.json"
+    _mr_plan(plan, in_channels=2)
+    work = tmp_path / "work"
+    common = ["--bundle_root", str(work), "--plan_file", str(plan), "--dataset_dir", str(data), *TINY]
+    bundle_run("training", "--config_file", "configs/train.json", "--meta_file", "configs/metadata.json", *common,
+               "--epochs", "1", "--iterations_per_epoch", "1")  # fmt: skip
+    state = torch.load(work / "models" / "model.pt", map_location="cpu", weights_only=True)
+    MNet(2, 2, kn=(4, 4, 6, 6, 8)).load_state_dict(state)  # two input channels were learned
+    out = tmp_path / "pred"
+    bundle_run("--config_file", "configs/inference.json", *common, "--output_dir", str(out))
+    pred = nib.load(out / "new_seg.nii.gz")
+    assert pred.shape == (40, 40, 9)
