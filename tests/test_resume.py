@@ -22,9 +22,10 @@ from ignite.engine import Engine, Events
 from monai.data import NibabelWriter
 from monai.handlers import CheckpointSaver
 
+from scripts.checkpoints import save as atomic_torch_save
 from scripts.demo_data import write_dataset
 from scripts.errors import BundleInputError
-from scripts.handlers import LastCheckpointSaver, ResumeHandler, atomic_torch_save
+from scripts.handlers import LastCheckpointSaver, ResumeHandler
 from scripts.writers import AtomicNibabelWriter
 
 ROOT = Path(__file__).resolve().parents[1]
