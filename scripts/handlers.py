@@ -198,22 +198,33 @@ class ResumeHandler:
         engine.logger.info(f"resumed from {self.load_path} at epoch {engine.state.epoch}")
 
 
+class Interrupted(SystemExit):
+    """Ctrl-C during training; a SystemExit so Python exits with its code (130) and prints no traceback."""
+
+
 class InterruptHandler:
     """Ctrl-C (SIGINT) during training ends the run with one line and exit status 130 instead of a traceback.
 
     Every checkpoint is written temp-then-rename, so stopping at any point leaves the last complete
-    ``checkpoint_last.pt`` (and ``model.pt``) intact; the message says how to continue. A second Ctrl-C while the
-    message is printed is not caught. The previous SIGINT handler is restored when training ends.
+    ``checkpoint_last.pt`` (and ``model.pt``) intact; the message says how to continue. Ignite hands the exception
+    to the EXCEPTION_RAISED handlers, and MONAI's StatsHandler logs a full traceback there, so this handler puts
+    itself first on the trainer (and on ``evaluator``, where validation may be interrupted) and lets only the
+    interruption pass straight through. The previous SIGINT handler is restored when training ends.
     """
 
-    def __init__(self, ckpt_path: str = "models/checkpoint_last.pt"):
+    def __init__(self, ckpt_path: str = "models/checkpoint_last.pt", evaluator: Engine | None = None):
         self.ckpt_path = ckpt_path
+        self.evaluator = evaluator
         self._previous = None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.install, engine)
         engine.add_event_handler(Events.COMPLETED, self.restore)
-        engine.add_event_handler(Events.EXCEPTION_RAISED, self.restore)
+        for target in (engine, self.evaluator):
+            if target is not None:
+                target.add_event_handler(Events.EXCEPTION_RAISED, self.pass_through)
+                handlers = target._event_handlers[Events.EXCEPTION_RAISED]  # ignite has no public "prepend"
+                handlers.insert(0, handlers.pop())
 
     def install(self, _: Engine, engine: Engine) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -224,15 +235,20 @@ class InterruptHandler:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
 
+    def pass_through(self, engine: Engine, error: BaseException) -> None:
+        """Re-raise the interruption at once; other errors go on to the next handler (re-raised when there is
+        none, as ignite does without handlers)."""
+        if isinstance(error, Interrupted) or len(engine._event_handlers[Events.EXCEPTION_RAISED]) == 1:
+            self.restore()
+            raise error
+
     def interrupted(self, engine: Engine) -> None:
         self.restore()
-        saved = ""
-        if os.path.isfile(self.ckpt_path):
-            saved = f"; {self.ckpt_path} is intact"
+        saved = f"; {self.ckpt_path} is intact" if os.path.isfile(self.ckpt_path) else ""
         sys.stderr.write(f"ERROR: interrupted at epoch {engine.state.epoch}, iteration {engine.state.iteration}"
                          f"{saved}, resume with --resume true\n")
         sys.stderr.flush()
-        raise SystemExit(130)
+        raise Interrupted(130)
 
 
 def _is_rank0() -> bool:

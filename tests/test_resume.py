@@ -20,12 +20,11 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 from monai.data import NibabelWriter
-from monai.handlers import CheckpointSaver
 
 from scripts.checkpoints import save as atomic_torch_save
 from scripts.demo_data import write_dataset
 from scripts.errors import BundleInputError
-from scripts.handlers import LastCheckpointSaver, ResumeHandler
+from scripts.handlers import BestModelSaver, LastCheckpointSaver, ResumeHandler
 from scripts.writers import AtomicNibabelWriter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,14 +100,13 @@ def test_kill_then_resume_continues_schedule(runs):
     assert not list((runs["work"] / "models").glob(".tmp_*"))
 
 
-def _evaluator(save_dir: Path, scores: list[float]) -> tuple[Engine, CheckpointSaver]:
-    """An evaluator whose key metric takes the given values, one per run, with MONAI's best-model saver."""
+def _evaluator(save_dir: Path, scores: list[float]) -> tuple[Engine, BestModelSaver]:
+    """An evaluator whose key metric takes the given values, one per run, with the bundle's best-model saver."""
     evaluator = Engine(lambda engine, batch: None)
     evaluator.state.best_metric, evaluator.state.best_metric_epoch = -1, -1
     values = iter(scores)
     evaluator.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(val=next(values)))
-    saver = CheckpointSaver(str(save_dir), {"model": torch.nn.Linear(1, 1)}, save_key_metric=True,
-                            key_metric_name="val", key_metric_filename="model.pt")
+    saver = BestModelSaver(str(save_dir), torch.nn.Linear(1, 1), key_metric_name="val")
     saver.attach(evaluator)
     return evaluator, saver
 
@@ -121,17 +119,29 @@ def test_resume_keeps_best_metric(tmp_path: Path):
     trainer = Engine(lambda engine, batch: None)
     trainer.run([0], max_epochs=1)
     LastCheckpointSaver(str(tmp_path), {"network": net}, evaluator=evaluator)(trainer)
-    best = (tmp_path / "model.pt").stat().st_mtime_ns
+    best = (tmp_path / "model.pt").read_bytes()
 
-    evaluator, _ = _evaluator(tmp_path, [0.5, 0.9])
+    evaluator, saver = _evaluator(tmp_path, [0.5, 0.9])
     resumed = Engine(lambda engine, batch: None)
     ResumeHandler(str(tmp_path / "checkpoint_last.pt"), {"network": net}, evaluator=evaluator).attach(resumed)
     resumed.run([0], max_epochs=2)
-    assert evaluator.state.best_metric == 0.8
+    assert evaluator.state.best_metric == 0.8 and saver.best == 0.8
+    torch.nn.init.constant_(saver.network.weight, 3.0)
     evaluator.run([0])  # a worse model must not replace the best one
-    assert (tmp_path / "model.pt").stat().st_mtime_ns == best
+    assert (tmp_path / "model.pt").read_bytes() == best
     evaluator.run([0], max_epochs=2)  # a better one does
-    assert (tmp_path / "model.pt").stat().st_mtime_ns != best
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["weight"].item() == 3.0
+
+
+def test_resume_rewrites_a_missing_best_model(tmp_path: Path):
+    """MONAI's CheckpointSaver crashed at the first improvement after a resume when model.pt had gone; the bundle's
+    saver writes it again at the next validation, even when the metric is below the best so far."""
+    evaluator, saver = _evaluator(tmp_path, [0.3])
+    saver.load_state_dict({"_saved": [(0.8, "model.pt")]})  # best memory as an older bundle version saved it
+    assert saver.best == 0.8
+    evaluator.run([0])
+    assert torch.load(tmp_path / "model.pt", weights_only=True).keys() == {"weight", "bias"}
+    assert saver.best == 0.3  # the file on disk is the reference now
 
 
 def test_resume_with_bad_checkpoint_is_one_line(tmp_path: Path):
