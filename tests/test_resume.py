@@ -228,3 +228,35 @@ def test_nothing_downloads_at_run_time():
     pattern = re.compile(r"urlopen|requests\.|download_url|hub\.load|from_pretrained|load_state_dict_from_url")
     for path in [*(ROOT / "scripts").rglob("*.py"), *(ROOT / "configs").glob("*.json")]:
         assert not pattern.search(path.read_text()), path
+
+
+def test_fold_1_keeps_to_its_folder_and_ctrl_c_is_one_line(tmp_path: Path):
+    """`--fold 1` writes models/fold_1/ and leaves fold 0's files alone; Ctrl-C ends it with one line, exit 130 and an
+    intact checkpoint; resuming that checkpoint as fold 0 is refused in one line."""
+    data, work = tmp_path / "data", tmp_path / "work"
+    write_dataset(data, num_cases=6, num_test=1, inplane_range=(32, 34), slices_range=(6, 7))
+    models = work / "models"
+    models.mkdir(parents=True)
+    for name in ("model.pt", "checkpoint_last.pt"):
+        (models / name).write_bytes(b"fold 0")
+    fold1 = models / "fold_1"
+    cmd = train_cmd(work, data, "--fold", "1", "--val_interval", "1", "--epochs", "40")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV, text=True)
+    while not (fold1 / "checkpoint_last.pt").exists() and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert re.fullmatch(rf"ERROR: interrupted at epoch \d+, iteration \d+; {fold1}/checkpoint_last\.pt is intact, "
+                        r"resume with --resume true", err.strip().splitlines()[-1])
+    assert [(models / n).read_bytes() for n in ("model.pt", "checkpoint_last.pt")] == [b"fold 0", b"fold 0"]
+    last = torch.load(fold1 / "checkpoint_last.pt", weights_only=True)
+    assert last["meta"]["fold"] == 1 and len(last["meta"]["split"]["validation"]) == 1
+    assert json.loads((fold1 / "model.json").read_text())["fold"] == 1
+    assert not list(fold1.glob(".tmp_*"))
+    wrong = subprocess.run(train_cmd(work, data, "--ckpt_dir", str(fold1), "--resume", "true"), cwd=ROOT,
+                           capture_output=True, text=True, env=ENV, timeout=300)
+    assert wrong.returncode != 0
+    assert wrong.stderr.strip().splitlines()[-1] == (f"ERROR: {fold1}/checkpoint_last.pt: is a checkpoint of fold 1, "
+                                                     "this run trains fold 0; pass --fold 1 or start fold 0 without "
+                                                     "--resume")
