@@ -49,21 +49,20 @@ def fold_dir(models_dir: str, fold: int = 0) -> str:
 def case_ids(cases: Sequence[Any]) -> list[str]:
     """The cases of a split as image paths relative to their common folder (stable if the data set is moved)."""
     paths = [str(c["image"] if isinstance(c, Mapping) else c) for c in cases]
-    paths = [p if isinstance(p, str) else str(p) for p in paths]
     if not paths:
         return []
     root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
     return sorted(os.path.relpath(os.path.abspath(p), root) for p in paths)
 
 
-def training_meta(plan: Mapping[str, Any], fold: int = 0, split: Mapping[str, Sequence] | None = None) -> dict:
-    """The record a training run writes into its checkpoints (plain strings and ints: weights_only loads it)."""
-    split = split or {}
+def training_meta(plan: Mapping[str, Any], fold: int = 0, train: Sequence = (), validation: Sequence = ()) -> dict:
+    """The record a training run writes into its checkpoints (plain strings and ints: weights_only loads it). Takes
+    the data lists the run really uses (MONAI Label replaces them and has no datalist to split)."""
     return {
         "plan_sha256": plan_fingerprint(plan),
         "modality": str(plan.get("modality", "")),
         "fold": int(fold),
-        "split": {name: case_ids(split.get(name, [])) for name in ("train", "validation")},
+        "split": {"train": case_ids(train or []), "validation": case_ids(validation or [])},
     }
 
 

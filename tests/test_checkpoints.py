@@ -79,7 +79,7 @@ def test_fold_dirs_do_not_collide():
 def test_model_record_refuses_another_plan(tmp_path: Path):
     model, plan = net(), copy.deepcopy(DEFAULT_PLAN)
     path = tmp_path / "model.pt"
-    save_model(model.state_dict(), str(path), training_meta(plan, 0, {}))
+    save_model(model.state_dict(), str(path), training_meta(plan, 0))
     record = json.loads((tmp_path / "model.json").read_text())
     assert record["plan_sha256"] == plan_fingerprint(plan) and record["fold"] == 0
     assert check_checkpoint(str(path), model, plan) == str(path)
@@ -100,19 +100,18 @@ def test_model_without_record_still_loads(tmp_path: Path, caplog):
 
 def test_resume_of_other_fold_split_or_plan_is_refused(tmp_path: Path):
     cases = [{"image": f"/d/case_{i}.nii.gz"} for i in range(5)]
-    meta = training_meta(DEFAULT_PLAN, 0, {"train": cases[1:], "validation": cases[:1]})
+    meta = training_meta(DEFAULT_PLAN, 0, cases[1:], cases[:1])
     assert meta["split"]["validation"] == ["case_0.nii.gz"]
     path = str(tmp_path / "checkpoint_last.pt")
     check_resume(path, {"meta": meta}, meta)
-    fold1 = training_meta(DEFAULT_PLAN, 1, {"train": cases[:1] + cases[2:], "validation": cases[1:2]})
+    fold1 = training_meta(DEFAULT_PLAN, 1, cases[:1] + cases[2:], cases[1:2])
     with pytest.raises(BundleInputError, match=r"is a checkpoint of fold 0, this run trains fold 1"):
         check_resume(path, {"meta": meta}, fold1)
     with pytest.raises(BundleInputError, match=r"was trained with another plan"):
-        check_resume(path, {"meta": meta}, training_meta({**DEFAULT_PLAN, "spacing": [1, 1, 3]}, 0,
-                                                         {"train": cases[1:], "validation": cases[:1]}))
+        check_resume(path, {"meta": meta}, training_meta({**DEFAULT_PLAN, "spacing": [1, 1, 3]}, 0, cases[1:],
+                                                         cases[:1]))
     with pytest.raises(BundleInputError, match=r"was trained on another split"):
-        check_resume(path, {"meta": meta}, training_meta(DEFAULT_PLAN, 0, {"train": cases[2:],
-                                                                           "validation": cases[:2]}))
+        check_resume(path, {"meta": meta}, training_meta(DEFAULT_PLAN, 0, cases[2:], cases[:2]))
 
 
 @pytest.mark.parametrize("error", [KeyboardInterrupt(), OSError(errno.ENOSPC, "No space left on device")])

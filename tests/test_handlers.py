@@ -25,7 +25,7 @@ def validation(save_dir: Path, scores: list[float]) -> tuple[Engine, BestModelSa
     values = iter(scores)
     evaluator.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(val=next(values)))
     saver = BestModelSaver(str(save_dir), torch.nn.Linear(1, 1), key_metric_name="val",
-                           meta=training_meta(DEFAULT_PLAN, 2, {}))
+                           meta=training_meta(DEFAULT_PLAN, 2))
     saver.attach(evaluator)
     return evaluator, saver
 
