@@ -238,8 +238,8 @@ class InterruptHandler:
     def pass_through(self, engine: Engine, error: BaseException) -> None:
         """Re-raise the interruption at once; other errors go on to the next handler (re-raised when there is
         none, as ignite does without handlers)."""
+        self.restore()
         if isinstance(error, Interrupted) or len(engine._event_handlers[Events.EXCEPTION_RAISED]) == 1:
-            self.restore()
             raise error
 
     def interrupted(self, engine: Engine) -> None:

@@ -90,3 +90,22 @@ def test_sigint_ends_training_in_one_line_with_checkpoint_intact(tmp_path: Path,
     assert err == [f"ERROR: interrupted at epoch 2, iteration 5; {path} is intact, resume with --resume true"]
     assert torch.load(path, weights_only=True)["trainer"]["iteration"] == 3
     assert signal.getsignal(signal.SIGINT) is previous
+
+
+def test_interrupt_handler_lets_other_errors_through(tmp_path: Path):
+    """Attached first on EXCEPTION_RAISED, it must neither swallow an ordinary error nor keep its SIGINT handler."""
+    def step(engine, batch):
+        raise ValueError("boom")
+
+    trainer = Engine(step)
+    InterruptHandler(str(tmp_path / "checkpoint_last.pt")).attach(trainer)
+    previous = signal.getsignal(signal.SIGINT)
+    with pytest.raises(ValueError, match="boom"):
+        trainer.run(range(2), max_epochs=1)
+    assert signal.getsignal(signal.SIGINT) is previous
+    seen = []
+    trainer = Engine(step)
+    InterruptHandler(str(tmp_path / "checkpoint_last.pt")).attach(trainer)
+    trainer.add_event_handler(Events.EXCEPTION_RAISED, lambda engine, error: seen.append(error))
+    trainer.run(range(2), max_epochs=1)  # a later handler (StatsHandler in the configs) decides, as without it
+    assert [str(e) for e in seen] == ["boom"] and signal.getsignal(signal.SIGINT) is previous
