@@ -6,10 +6,12 @@ from __future__ import annotations
 import copy
 import errno
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from monai.bundle import ConfigParser
 
 from scripts.checkpoints import (
     check_checkpoint,
@@ -21,8 +23,10 @@ from scripts.checkpoints import (
     save_model,
     training_meta,
 )
-from scripts.errors import BundleInputError
+from scripts.errors import BundleInputError, find_input_error
 from scripts.plan_file import DEFAULT_PLAN
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def net(channels: int = 1) -> torch.nn.Module:
@@ -151,3 +155,25 @@ def test_torch_write_error_on_a_full_disk_is_one_line(tmp_path: Path, monkeypatc
     with pytest.raises(BundleInputError, match=r"checkpoint_last\.pt: cannot write, no space left .*0 MiB free"):
         save({}, str(tmp_path / "checkpoint_last.pt"))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("configs, target", [(["inference.json"], "checkpointloader"),
+                                             (["train.json", "evaluate.json"], "validate#handlers")])
+def test_inference_and_evaluation_refuse_a_model_of_another_plan(tmp_path: Path, configs, target):
+    """The configs pass the current plan to the checkpoint check: a model.pt whose model.json records another plan
+    (e.g. the planner was re-run after training) is refused before any case is read."""
+    plan = json.loads((ROOT / "configs/plan.json").read_text())
+    old_plan = {**plan, "normalization": {**plan["normalization"], "mean": 12.0}}
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / "configs" / name) for name in configs])
+    parser.update({"bundle_root": str(tmp_path), "plan_file": str(ROOT / "configs/plan.json"), "kn": [4, 4, 6, 6, 8],
+                   "device": "$torch.device('cpu')"})
+    network = parser.get_parsed_content("network_def")
+    save_model(network.state_dict(), str(tmp_path / "models" / "model.pt"), training_meta(old_plan))
+    with pytest.raises(Exception) as info:
+        parser.get_parsed_content(target)
+    assert re.search(r"models/model\.pt: trained with another plan than the current one",
+                     str(find_input_error(info.value)))
+    save_model(network.state_dict(), str(tmp_path / "models" / "model.pt"), training_meta(plan))
+    parser.parse(reset=True)
+    assert parser.get_parsed_content(target)
