@@ -28,8 +28,7 @@ logger = logging.getLogger("mnet.checkpoints")
 
 # plan entries that change what the network sees or predicts; patch and batch size, the median shape and the notes
 # may change without making a trained model wrong (see docs/plan_format.md)
-FINGERPRINT_KEYS = ("modality", "in_channels", "out_channels", "labels", "spacing", "thick_axis", "normalization",
-                    "kn")
+FINGERPRINT_KEYS = ("modality", "in_channels", "out_channels", "labels", "spacing", "thick_axis", "normalization", "kn")
 TRAINING_KEYS = ("network", "trainer")  # a dict with these is checkpoint_last.pt, not a model
 
 
@@ -107,8 +106,10 @@ def read_meta(path: str) -> dict | None:
         with open(path, "rb") as handle:
             actual = hashlib.sha256(handle.read()).hexdigest()
         if actual != digest:
-            raise BundleInputError(f"{sidecar}: describes other weights than {os.path.basename(path)} (a save was "
-                                   "interrupted, or one of the two files was replaced); delete it or retrain")
+            raise BundleInputError(
+                f"{sidecar}: describes other weights than {os.path.basename(path)} (a save was "
+                "interrupted, or one of the two files was replaced); delete it or retrain"
+            )
     return record
 
 
@@ -131,8 +132,11 @@ def state_dict_mismatch(state: Mapping, module: torch.nn.Module) -> str | None:
     """A short description of how a state dict does not fit a module (missing/unexpected/shape), else None."""
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     given = {k: tuple(getattr(v, "shape", ())) for k, v in state.items()}
-    shapes = [f"{k}: checkpoint {list(given[k])} vs network {list(s)}" for k, s in expected.items()
-              if k in given and given[k] != s]
+    shapes = [
+        f"{k}: checkpoint {list(given[k])} vs network {list(s)}"
+        for k, s in expected.items()
+        if k in given and given[k] != s
+    ]
     missing = [k for k in expected if k not in given]
     unexpected = [k for k in given if k not in expected]
     parts = [f"{len(shapes)} parameter(s) differ in shape, e.g. {shapes[0]}"] if shapes else []
@@ -143,8 +147,11 @@ def state_dict_mismatch(state: Mapping, module: torch.nn.Module) -> str | None:
 
 def nonfinite(state: Mapping) -> list[str]:
     """Names of floating-point tensors holding NaN or Inf (a diverged run saves such weights without complaint)."""
-    return [k for k, v in state.items()
-            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    return [
+        k
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
 
 
 def check_plan(path: str, plan: Mapping[str, Any] | None, record: Mapping[str, Any] | None) -> None:
@@ -153,40 +160,55 @@ def check_plan(path: str, plan: Mapping[str, Any] | None, record: Mapping[str, A
     if plan is None:
         return
     if record is None or "plan_sha256" not in record:
-        logger.warning(f"{path}: no model record ({os.path.basename(meta_path(path))}); cannot check that it was "
-                       "trained with this plan")
+        logger.warning(
+            f"{path}: no model record ({os.path.basename(meta_path(path))}); cannot check that it was "
+            "trained with this plan"
+        )
         return
     if record["plan_sha256"] != plan_fingerprint(plan):
-        raise BundleInputError(f"{path}: trained with another plan than the current one (fingerprint "
-                               f"{record['plan_sha256'][:12]} vs {plan_fingerprint(plan)[:12]}); use the plan.json "
-                               "it was trained with (--plan_file) or retrain")
+        raise BundleInputError(
+            f"{path}: trained with another plan than the current one (fingerprint "
+            f"{record['plan_sha256'][:12]} vs {plan_fingerprint(plan)[:12]}); use the plan.json "
+            "it was trained with (--plan_file) or retrain"
+        )
 
 
-def model_state(path: str, network: torch.nn.Module, plan: Mapping[str, Any] | None = None, key: str = "model",
-                map_location: Any = "cpu") -> dict:
+def model_state(
+    path: str,
+    network: torch.nn.Module,
+    plan: Mapping[str, Any] | None = None,
+    key: str = "model",
+    map_location: Any = "cpu",
+) -> dict:
     """The validated plain state dict in ``path`` for ``network``: readable, a model (not checkpoint_last.pt), the
     right keys and shapes, finite, and (with ``plan``) trained with this plan. Every failure is one line."""
     checkpoint = load(path, map_location)
     if is_training_checkpoint(checkpoint):
-        raise BundleInputError(f"{path}: is a training checkpoint (checkpoint_last.pt), not a model; use the model.pt "
-                               "next to it")
+        raise BundleInputError(
+            f"{path}: is a training checkpoint (checkpoint_last.pt), not a model; use the model.pt next to it"
+        )
     state = checkpoint.get(key, checkpoint) if isinstance(checkpoint, Mapping) else checkpoint
     if not isinstance(state, Mapping):
         raise BundleInputError(f"{path}: holds a {type(state).__name__}, expected a state dict (under '{key}')")
     mismatch = state_dict_mismatch(state, getattr(network, "module", network))
     if mismatch:
-        raise BundleInputError(f"{path}: checkpoint does not fit this network ({mismatch}); was it trained with "
-                               "another plan (kn, in_channels, out_channels)?")
+        raise BundleInputError(
+            f"{path}: checkpoint does not fit this network ({mismatch}); was it trained with "
+            "another plan (kn, in_channels, out_channels)?"
+        )
     bad = nonfinite(state)
     if bad:
-        raise BundleInputError(f"{path}: {len(bad)} weight tensor(s) hold NaN or Inf, e.g. {bad[0]} (the training "
-                               "diverged); use an earlier checkpoint or retrain")
+        raise BundleInputError(
+            f"{path}: {len(bad)} weight tensor(s) hold NaN or Inf, e.g. {bad[0]} (the training "
+            "diverged); use an earlier checkpoint or retrain"
+        )
     check_plan(path, plan, read_meta(path))
     return dict(state)
 
 
-def check_checkpoint(path: str, network: torch.nn.Module, plan: Mapping[str, Any] | None = None,
-                     key: str = "model") -> str:
+def check_checkpoint(
+    path: str, network: torch.nn.Module, plan: Mapping[str, Any] | None = None, key: str = "model"
+) -> str:
     """`model_state` for configs: returns ``path`` so a CheckpointLoader's ``load_path`` can be wrapped with it."""
     model_state(path, network, plan, key)
     return path
@@ -202,13 +224,19 @@ def check_resume(path: str, checkpoint: Mapping[str, Any], meta: Mapping[str, An
         logger.warning(f"{path}: written by an older bundle version, cannot check its fold, split and plan")
         return
     if saved.get("fold") != meta.get("fold"):
-        raise BundleInputError(f"{path}: is a checkpoint of fold {saved.get('fold')}, this run trains fold "
-                               f"{meta.get('fold')}; pass --fold {saved.get('fold')} or start fold {meta.get('fold')} "
-                               "without --resume")
+        raise BundleInputError(
+            f"{path}: is a checkpoint of fold {saved.get('fold')}, this run trains fold "
+            f"{meta.get('fold')}; pass --fold {saved.get('fold')} or start fold {meta.get('fold')} "
+            "without --resume"
+        )
     if saved.get("plan_sha256") != meta.get("plan_sha256"):
         old, new = str(saved.get("plan_sha256"))[:12], str(meta.get("plan_sha256"))[:12]
-        raise BundleInputError(f"{path}: was trained with another plan (fingerprint {old} vs {new}); resume with the "
-                               "plan.json it was trained with, or start without --resume")
+        raise BundleInputError(
+            f"{path}: was trained with another plan (fingerprint {old} vs {new}); resume with the "
+            "plan.json it was trained with, or start without --resume"
+        )
     if saved.get("split") != meta.get("split"):
-        raise BundleInputError(f"{path}: was trained on another split of the cases (the datalist changed); resume "
-                               "with the same datalist, or start without --resume")
+        raise BundleInputError(
+            f"{path}: was trained on another split of the cases (the datalist changed); resume "
+            "with the same datalist, or start without --resume"
+        )

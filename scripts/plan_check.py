@@ -36,13 +36,16 @@ def _read(path: str) -> np.ndarray:
     return np.asarray(LoadImage(image_only=True)(path), dtype=np.float32)
 
 
-def check_training_data(cases: Sequence[Mapping[str, Any]], plan: Mapping[str, Any], plan_file: str = "plan",
-                        sample: int = SAMPLE_CASES) -> None:
+def check_training_data(
+    cases: Sequence[Mapping[str, Any]], plan: Mapping[str, Any], plan_file: str = "plan", sample: int = SAMPLE_CASES
+) -> None:
     """Warn when ``plan`` is the shipped placeholder; refuse (one line) data whose intensities contradict the plan's
     modality, judged on the first ``sample`` cases (raw intensities, first channel)."""
     if is_placeholder(plan):
-        logger.warning(f"{plan_file}: is the shipped placeholder plan (thick-slice CT, placeholder intensities); run "
-                       "`python -m scripts.plan --dataset_dir D` to fit it to your data")
+        logger.warning(
+            f"{plan_file}: is the shipped placeholder plan (thick-slice CT, placeholder intensities); run "
+            "`python -m scripts.plan --dataset_dir D` to fit it to your data"
+        )
     for case in list(cases)[:sample]:
         image = _read(str(case["image"][0] if isinstance(case["image"], (list, tuple)) else case["image"]))
         image = image[0] if image.ndim == 4 else image
@@ -60,9 +63,11 @@ def check_training_data(cases: Sequence[Mapping[str, Any]], plan: Mapping[str, A
                 raise BundleInputError(
                     f"{case['image']}: {clipped:.0%} of the labelled voxels lie outside the plan's CT window "
                     f"[{low:g}, {high:g}] ({plan_file}); is this {plan.get('modality')} data? Run `python -m "
-                    "scripts.plan --dataset_dir D` (or --check_data False to train anyway)")
+                    "scripts.plan --dataset_dir D` (or --check_data False to train anyway)"
+                )
         elif image.size and float(np.mean(image < AIR_HU)) > MIN_AIR:
             raise BundleInputError(
                 f"{case['image']}: {float(np.mean(image < AIR_HU)):.0%} of the voxels are below {AIR_HU:g} (air in "
                 f"CT), but the plan ({plan_file}) is for {plan.get('modality')}; plan this data set with "
-                "`python -m scripts.plan --modality CT` (or --check_data False to train anyway)")
+                "`python -m scripts.plan --modality CT` (or --check_data False to train anyway)"
+            )

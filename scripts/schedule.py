@@ -35,8 +35,10 @@ def refit(scheduler: torch.optim.lr_scheduler.LRScheduler, fresh: dict, done: in
     changes = []
     if hasattr(scheduler, "total_iters") and scheduler.total_iters != fresh["total_iters"]:
         if fresh["total_iters"] <= done:
-            raise BundleInputError(f"--epochs {fresh['total_iters']}: the checkpoint has already trained {done} "
-                                   "epoch(s); give more epochs than that, or start without --resume")
+            raise BundleInputError(
+                f"--epochs {fresh['total_iters']}: the checkpoint has already trained {done} "
+                "epoch(s); give more epochs than that, or start without --resume"
+            )
         changes.append(f"epochs {scheduler.total_iters} -> {fresh['total_iters']}")
         scheduler.total_iters = fresh["total_iters"]
     if list(scheduler.base_lrs) != list(fresh["base_lrs"]):
@@ -44,8 +46,10 @@ def refit(scheduler: torch.optim.lr_scheduler.LRScheduler, fresh: dict, done: in
         scheduler.base_lrs = list(fresh["base_lrs"])
     if changes:
         if not hasattr(scheduler, "_get_closed_form_lr"):
-            raise BundleInputError(f"{type(scheduler).__name__}: cannot move a resumed run onto a changed schedule "
-                                   f"({', '.join(changes)}); resume with the original settings")
+            raise BundleInputError(
+                f"{type(scheduler).__name__}: cannot move a resumed run onto a changed schedule "
+                f"({', '.join(changes)}); resume with the original settings"
+            )
         for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
             group["initial_lr"] = base
         for group, lr in zip(scheduler.optimizer.param_groups, scheduler._get_closed_form_lr()):

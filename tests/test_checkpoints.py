@@ -40,8 +40,11 @@ def test_checkpoint_checks(tmp_path: Path):
     assert check_checkpoint(str(good), model) == str(good)
     other = tmp_path / "other.pt"
     torch.save(net(2).state_dict(), other)
-    with pytest.raises(BundleInputError, match=r"other\.pt: checkpoint does not fit .*0\.weight: checkpoint "
-                                               r"\[4, 2, 3, 3, 3\] vs network \[4, 1, 3, 3, 3\]"):
+    with pytest.raises(
+        BundleInputError,
+        match=r"other\.pt: checkpoint does not fit .*0\.weight: checkpoint "
+        r"\[4, 2, 3, 3, 3\] vs network \[4, 1, 3, 3, 3\]",
+    ):
         check_checkpoint(str(other), model)
     broken = tmp_path / "broken.pt"
     broken.write_bytes(good.read_bytes()[:100])
@@ -69,8 +72,13 @@ def test_fingerprint_follows_what_the_model_sees():
     plan = copy.deepcopy(DEFAULT_PLAN)
     same = {**copy.deepcopy(plan), "notes": ["other"], "batch_size": 7, "patch_size": [96, 96, 16]}
     assert plan_fingerprint(same) == plan_fingerprint(plan)
-    for key, value in [("spacing", [1.0, 1.0, 5.0]), ("modality", "MR"), ("kn", [8, 8, 8, 8, 8]),
-                       ("normalization", {"scheme": "zscore_nonzero"}), ("labels", {"0": "bg", "1": "x"})]:
+    for key, value in [
+        ("spacing", [1.0, 1.0, 5.0]),
+        ("modality", "MR"),
+        ("kn", [8, 8, 8, 8, 8]),
+        ("normalization", {"scheme": "zscore_nonzero"}),
+        ("labels", {"0": "bg", "1": "x"}),
+    ]:
         assert plan_fingerprint({**plan, key: value}) != plan_fingerprint(plan), key
 
 
@@ -112,8 +120,9 @@ def test_resume_of_other_fold_split_or_plan_is_refused(tmp_path: Path):
     with pytest.raises(BundleInputError, match=r"is a checkpoint of fold 0, this run trains fold 1"):
         check_resume(path, {"meta": meta}, fold1)
     with pytest.raises(BundleInputError, match=r"was trained with another plan"):
-        check_resume(path, {"meta": meta}, training_meta({**DEFAULT_PLAN, "spacing": [1, 1, 3]}, 0, cases[1:],
-                                                         cases[:1]))
+        check_resume(
+            path, {"meta": meta}, training_meta({**DEFAULT_PLAN, "spacing": [1, 1, 3]}, 0, cases[1:], cases[:1])
+        )
     with pytest.raises(BundleInputError, match=r"was trained on another split"):
         check_resume(path, {"meta": meta}, training_meta(DEFAULT_PLAN, 0, cases[2:], cases[:2]))
 
@@ -138,8 +147,12 @@ def test_failed_save_keeps_previous_file(tmp_path: Path, monkeypatch, error):
         save_model(net().state_dict(), str(path), {"epoch": 2})
     if expected is BundleInputError:
         message = str(info.value)
-        assert "\n" not in message and str(path) in message and f"no space left on the disk holding {tmp_path}" \
-            in message and "previous version of the file is kept" in message
+        assert (
+            "\n" not in message
+            and str(path) in message
+            and f"no space left on the disk holding {tmp_path}" in message
+            and "previous version of the file is kept" in message
+        )
     with pytest.raises(expected):
         save({"epoch": 2}, str(tmp_path / "checkpoint_last.pt"))
     assert (path.read_bytes(), (tmp_path / "model.json").read_text()) == before
@@ -148,17 +161,23 @@ def test_failed_save_keeps_previous_file(tmp_path: Path, monkeypatch, error):
 
 def test_torch_write_error_on_a_full_disk_is_one_line(tmp_path: Path, monkeypatch):
     """torch.save's C++ writer raises RuntimeError without errno; with (almost) no space left it is the disk."""
-    monkeypatch.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(
-        RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file data/0")))
-    monkeypatch.setattr("shutil.disk_usage",
-                        lambda folder: type("Usage", (), {"free": 1024})())
+    monkeypatch.setattr(
+        torch,
+        "save",
+        lambda *a, **k: (_ for _ in ()).throw(
+            RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file data/0")
+        ),
+    )
+    monkeypatch.setattr("shutil.disk_usage", lambda folder: type("Usage", (), {"free": 1024})())
     with pytest.raises(BundleInputError, match=r"checkpoint_last\.pt: cannot write, no space left .*0 MiB free"):
         save({}, str(tmp_path / "checkpoint_last.pt"))
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("configs, target", [(["inference.json"], "checkpointloader"),
-                                             (["train.json", "evaluate.json"], "validate#handlers")])
+@pytest.mark.parametrize(
+    "configs, target",
+    [(["inference.json"], "checkpointloader"), (["train.json", "evaluate.json"], "validate#handlers")],
+)
 def test_inference_and_evaluation_refuse_a_model_of_another_plan(tmp_path: Path, configs, target):
     """The configs pass the current plan to the checkpoint check: a model.pt whose model.json records another plan
     (e.g. the planner was re-run after training) is refused before any case is read."""
@@ -166,14 +185,21 @@ def test_inference_and_evaluation_refuse_a_model_of_another_plan(tmp_path: Path,
     old_plan = {**plan, "normalization": {**plan["normalization"], "mean": 12.0}}
     parser = ConfigParser()
     parser.read_config([str(ROOT / "configs" / name) for name in configs])
-    parser.update({"bundle_root": str(tmp_path), "plan_file": str(ROOT / "configs/plan.json"), "kn": [4, 4, 6, 6, 8],
-                   "device": "$torch.device('cpu')"})
+    parser.update(
+        {
+            "bundle_root": str(tmp_path),
+            "plan_file": str(ROOT / "configs/plan.json"),
+            "kn": [4, 4, 6, 6, 8],
+            "device": "$torch.device('cpu')",
+        }
+    )
     network = parser.get_parsed_content("network_def")
     save_model(network.state_dict(), str(tmp_path / "models" / "model.pt"), training_meta(old_plan))
     with pytest.raises(Exception) as info:
         parser.get_parsed_content(target)
-    assert re.search(r"models/model\.pt: trained with another plan than the current one",
-                     str(find_input_error(info.value)))
+    assert re.search(
+        r"models/model\.pt: trained with another plan than the current one", str(find_input_error(info.value))
+    )
     save_model(network.state_dict(), str(tmp_path / "models" / "model.pt"), training_meta(plan))
     parser.parse(reset=True)
     assert parser.get_parsed_content(target)

@@ -42,7 +42,8 @@ def test_mirror_tta_is_mean_of_flipped_predictions_flipped_back():
     torch.testing.assert_close(tta.sum(1), torch.ones(1, 8, 6, 4))
     all_axes = SoftmaxEnsemble(net, mirror_axes=[0, 1, 2])
     assert sorted(map(tuple, all_axes.flips)) == sorted(
-        tuple(a + 2 for a in c) for n in range(4) for c in itertools.combinations(range(3), n))
+        tuple(a + 2 for a in c) for n in range(4) for c in itertools.combinations(range(3), n)
+    )
 
 
 @torch.no_grad()
@@ -95,8 +96,14 @@ def test_inference_config_checks_entries_against_the_plan(tmp_path: Path):
     entry, message = bad_entries(tmp_path)[-1]
     parser = ConfigParser()
     parser.read_config(str(ROOT / "configs/inference.json"))
-    parser.update({"plan_file": str(ROOT / "configs/plan.json"), "kn": [4, 4, 6, 6, 8], "ensemble_checkpoints": entry,
-                   "device": "$torch.device('cpu')"})
+    parser.update(
+        {
+            "plan_file": str(ROOT / "configs/plan.json"),
+            "kn": [4, 4, 6, 6, 8],
+            "ensemble_checkpoints": entry,
+            "device": "$torch.device('cpu')",
+        }
+    )
     with pytest.raises(Exception) as info:
         parser.get_parsed_content("predictor")
     assert re.search(message, str(find_input_error(info.value)))

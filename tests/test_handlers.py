@@ -24,8 +24,9 @@ def validation(save_dir: Path, scores: list[float]) -> tuple[Engine, BestModelSa
     evaluator = Engine(lambda engine, batch: None)
     values = iter(scores)
     evaluator.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(val=next(values)))
-    saver = BestModelSaver(str(save_dir), torch.nn.Linear(1, 1), key_metric_name="val",
-                           meta=training_meta(DEFAULT_PLAN, 2))
+    saver = BestModelSaver(
+        str(save_dir), torch.nn.Linear(1, 1), key_metric_name="val", meta=training_meta(DEFAULT_PLAN, 2)
+    )
     saver.attach(evaluator)
     return evaluator, saver
 
@@ -60,8 +61,12 @@ def test_failed_best_save_keeps_previous_best(tmp_path: Path, monkeypatch, fault
 
     monkeypatch.setattr(torch, "save", crash)
     torch.nn.init.constant_(saver.network.weight, 2.0)
-    with pytest.raises(KeyboardInterrupt if fault == "kill" else BundleInputError, match=None if fault == "kill"
-                       else rf"{tmp_path}/model\.pt: cannot write, no space left on the disk holding {tmp_path}"):
+    with pytest.raises(
+        KeyboardInterrupt if fault == "kill" else BundleInputError,
+        match=None
+        if fault == "kill"
+        else rf"{tmp_path}/model\.pt: cannot write, no space left on the disk holding {tmp_path}",
+    ):
         evaluator.run([0])
     monkeypatch.undo()
     assert weight(tmp_path / "model.pt") == 1.0
@@ -94,6 +99,7 @@ def test_sigint_ends_training_in_one_line_with_checkpoint_intact(tmp_path: Path,
 
 def test_interrupt_handler_lets_other_errors_through(tmp_path: Path):
     """Attached first on EXCEPTION_RAISED, it must neither swallow an ordinary error nor keep its SIGINT handler."""
+
     def step(engine, batch):
         raise ValueError("boom")
 

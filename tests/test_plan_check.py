@@ -38,8 +38,11 @@ def test_ct_data_on_ct_plan_passes(tmp_path: Path, caplog):
 
 
 def test_mr_data_on_ct_plan_is_refused(tmp_path: Path):
-    with pytest.raises(BundleInputError, match=r"mr\.nii\.gz: 100% of the labelled voxels lie outside the plan's CT "
-                                               r"window \[-200, 300\] \(plan\.json\); is this CT data\?"):
+    with pytest.raises(
+        BundleInputError,
+        match=r"mr\.nii\.gz: 100% of the labelled voxels lie outside the plan's CT "
+        r"window \[-200, 300\] \(plan\.json\); is this CT data\?",
+    ):
         check_training_data([scan(tmp_path, "mr", 0.0, 700.0)], DEFAULT_PLAN, "plan.json")
 
 
@@ -47,6 +50,9 @@ def test_ct_data_on_mr_plan_is_refused(tmp_path: Path, caplog):
     with caplog.at_level(logging.WARNING):
         check_training_data([scan(tmp_path, "mr", 0.0, 700.0)], MR_PLAN)
     assert "placeholder" not in caplog.text and not is_placeholder(MR_PLAN)
-    with pytest.raises(BundleInputError, match=r"ct\.nii\.gz: \d+% of the voxels are below -500 \(air in CT\), but "
-                                               r"the plan \(plan\) is for MR"):
+    with pytest.raises(
+        BundleInputError,
+        match=r"ct\.nii\.gz: \d+% of the voxels are below -500 \(air in CT\), but "
+        r"the plan \(plan\) is for MR",
+    ):
         check_training_data([scan(tmp_path, "ct", -1000.0, 60.0)], MR_PLAN)

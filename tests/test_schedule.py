@@ -61,27 +61,54 @@ def test_resume_with_fewer_epochs_than_done_is_refused(tmp_path: Path):
 
 def test_check_settings():
     check_settings(epochs=1, batch_size=2, learning_rate=0.01)
-    for name, value in [("epochs", 0), ("batch_size", 0), ("epochs", -1), ("iterations_per_epoch", 2.5),
-                        ("learning_rate", 0.0), ("batch_size", "2"), ("epochs", True)]:
+    for name, value in [
+        ("epochs", 0),
+        ("batch_size", 0),
+        ("epochs", -1),
+        ("iterations_per_epoch", 2.5),
+        ("learning_rate", 0.0),
+        ("batch_size", "2"),
+        ("epochs", True),
+    ]:
         with pytest.raises(BundleInputError, match=rf"^--{name}: must be a positive"):
             check_settings(**{name: value})
 
 
 def test_zero_epochs_on_the_command_line_is_one_line(tmp_path: Path):
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.json",
-           "--bundle_root", str(tmp_path), "--plan_file", "configs/plan.json", "--dataset_dir", str(tmp_path / "none"),
-           "--epochs", "0"]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        "configs/train.json",
+        "--bundle_root",
+        str(tmp_path),
+        "--plan_file",
+        "configs/plan.json",
+        "--dataset_dir",
+        str(tmp_path / "none"),
+        "--epochs",
+        "0",
+    ]
+    result = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == "ERROR: --epochs: must be a positive integer, got 0"
     assert not (tmp_path / "models").exists()
 
 
 def test_zero_batch_size_stops_before_any_work(tmp_path: Path):
-    workflow = ConfigWorkflow(config_file=str(ROOT / "configs/train.json"), workflow_type="train",
-                              bundle_root=str(tmp_path), plan_file=str(ROOT / "configs/plan.json"),
-                              dataset_dir=str(tmp_path / "none"), batch_size=0)
+    workflow = ConfigWorkflow(
+        config_file=str(ROOT / "configs/train.json"),
+        workflow_type="train",
+        bundle_root=str(tmp_path),
+        plan_file=str(ROOT / "configs/plan.json"),
+        dataset_dir=str(tmp_path / "none"),
+        batch_size=0,
+    )
     with pytest.raises(Exception) as info:
         workflow.initialize()
     assert str(find_input_error(info.value)) == "--batch_size: must be a positive integer, got 0"

@@ -12,8 +12,15 @@ from monai.transforms import RandCropByLabelClassesd
 from scripts.transforms import RandCropByLabelClassesOrRandomd
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = {"keys": ["image", "label"], "label_key": "label", "spatial_size": [8, 8, 4], "num_classes": 3,
-        "ratios": [0, 1, 1], "num_samples": 1, "warn": False}
+ARGS = {
+    "keys": ["image", "label"],
+    "label_key": "label",
+    "spatial_size": [8, 8, 4],
+    "num_classes": 3,
+    "ratios": [0, 1, 1],
+    "num_samples": 1,
+    "warn": False,
+}
 
 
 def case(label_value: int | None = None) -> dict:
@@ -48,8 +55,9 @@ def test_train_config_handles_a_healthy_control():
     """The training chain with foreground oversampling always on, applied to an empty label."""
     parser = ConfigParser()
     parser.read_config(str(ROOT / "configs/train.json"))
-    parser.update({"plan_file": str(ROOT / "configs/plan.json"), "patch_size": [8, 8, 4],
-                   "foreground_oversampling": 1.0})
+    parser.update(
+        {"plan_file": str(ROOT / "configs/plan.json"), "patch_size": [8, 8, 4], "foreground_oversampling": 1.0}
+    )
     oneof = next(t for t in parser.get_parsed_content("train#random_transforms") if type(t).__name__ == "OneOf")
     crop = oneof.transforms[1]
     assert isinstance(crop, RandCropByLabelClassesOrRandomd)
