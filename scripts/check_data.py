@@ -1,9 +1,9 @@
-"""Integrity checks for a data set, a checkpoint, an output folder and the command line, reported before any work.
+"""Integrity checks for a data set, an output folder and the command line, reported before any work.
 
 Like nnU-Net's dataset integrity check, every case is read (header and array) and ALL problems are reported at once,
 one line each, so a user fixes a data set in one pass instead of one crash per bad file. The bundle configs call the
-same checks on start-up (`check_or_raise`, `check_checkpoint`, `check_output_dir`); they raise
-`scripts.errors.BundleInputError`, whose message is the last line the console shows.
+same checks on start-up (`check_or_raise`, `check_output_dir`; checkpoints are checked by
+scripts.checkpoints); they raise `scripts.errors.BundleInputError`, whose message is the last line the console shows.
 
 Usage: ``python -m scripts.check_data --dataset_dir D [--datalist dataset.json] [--plan configs/plan.json]
 [--fold 0]``; exit status 1 when any problem is found.
@@ -321,47 +321,6 @@ def check_or_raise(cases: Any, plan: dict | None = None, what: str = "the data",
         logger.error(str(problem))
     more = f" (+{len(problems) - 1} more problem(s) listed above)" if len(problems) > 1 else ""
     raise BundleInputError(f"{problems[0]}{more}; `python -m scripts.check_data` lists all, --check_data False skips")
-
-
-def state_dict_mismatch(state: dict, module: Any) -> str | None:
-    """A short description of how a state dict does not fit a module (missing/unexpected/shape), else None."""
-    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    given = {k: tuple(getattr(v, "shape", ())) for k, v in state.items()}
-    shapes = [f"{k}: checkpoint {list(given[k])} vs network {list(s)}" for k, s in expected.items()
-              if k in given and given[k] != s]
-    missing = [k for k in expected if k not in given]
-    unexpected = [k for k in given if k not in expected]
-    parts = [f"{len(shapes)} parameter(s) differ in shape, e.g. {shapes[0]}"] if shapes else []
-    parts += [f"{len(missing)} missing, e.g. {missing[0]}"] if missing else []
-    parts += [f"{len(unexpected)} unexpected, e.g. {unexpected[0]}"] if unexpected else []
-    return "; ".join(parts) or None
-
-
-def load_checkpoint(path: str, map_location: Any = "cpu") -> Any:
-    """torch.load with weights_only=True, turning a missing or corrupted file into one clear line."""
-    import torch
-
-    if not os.path.isfile(path):
-        raise BundleInputError(f"{path}: checkpoint not found (train first, or point ckpt_path/ckpt_dir at it)")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise BundleInputError(f"{path}: corrupted or not a PyTorch weights file ({reason})") from None
-
-
-def check_checkpoint(path: str, network: Any, key: str = "model") -> str:
-    """Fail early, in one line, when a checkpoint is unreadable or was trained for another network (other kn,
-    channels or classes); returns ``path`` so a config can wrap a ``load_path`` value with it."""
-    checkpoint = load_checkpoint(path)
-    state = checkpoint.get(key, checkpoint) if isinstance(checkpoint, dict) else checkpoint
-    if not isinstance(state, dict):
-        raise BundleInputError(f"{path}: holds a {type(state).__name__}, expected a state dict (under '{key}')")
-    mismatch = state_dict_mismatch(state, getattr(network, "module", network))
-    if mismatch:
-        raise BundleInputError(f"{path}: checkpoint does not fit this network ({mismatch}); was it trained with "
-                               "another plan (kn, in_channels, out_channels)?")
-    return path
 
 
 def check_output_dir(path: str) -> str:

@@ -3,29 +3,35 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
+
+from scripts import checkpoints as _checkpoints
+from scripts.errors import BundleInputError
 
 
 class SoftmaxEnsemble(nn.Module):
     """Return class probabilities averaged over networks and mirror flips, as nnU-Net does at inference.
 
     ``network`` keeps whatever weights it has (the bundle's ``models/model.pt``); each path in ``checkpoints`` adds
-    one more copy of it with those weights (plain state dicts, loaded with ``weights_only=True``). ``mirror_axes``
+    one more copy of it with those weights (plain state dicts, validated by scripts.checkpoints.model_state: a missing,
+    truncated or other-width file, a training checkpoint or, with ``plan``, a model of another plan is one line before
+    any case is read; fold k's model is ``models/fold_k/model.pt``). ``mirror_axes``
     are spatial axes (0..2) to flip, all 2^k combinations being averaged. With no checkpoints and no axes this is
     just ``softmax(network(x))``. The output is (N, classes, *spatial) probabilities, not logits.
     """
 
-    def __init__(self, network: nn.Module, checkpoints: Sequence[str] = (), mirror_axes: Sequence[int] = ()):
+    def __init__(self, network: nn.Module, checkpoints: Sequence[str] = (), mirror_axes: Sequence[int] = (),
+                 plan: Mapping[str, Any] | None = None):
         super().__init__()
         members = [network]
-        for path in checkpoints:
+        device = next(network.parameters()).device
+        for path in _paths(checkpoints):
             member = copy.deepcopy(network)
-            device = next(network.parameters()).device
-            state = torch.load(path, map_location=device, weights_only=True)
-            member.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+            member.load_state_dict(_checkpoints.model_state(path, network, plan, map_location=device))
             members.append(member)
         self.members = nn.ModuleList(members)
         self.flips = _flip_combinations([int(a) for a in mirror_axes])
@@ -47,3 +53,15 @@ def _flip_combinations(axes: list[int]) -> list[list[int]]:
     for axis in axes:
         combos += [c + [axis + 2] for c in combos]
     return combos
+
+
+def _paths(value: Any) -> list[str]:
+    """``ensemble_checkpoints`` must be a list of paths; a bare string (``--ensemble_checkpoints a.pt``) would be
+    iterated character by character."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise BundleInputError(f"--ensemble_checkpoints: expected a list of model files, e.g. "
+                               f"\"['models/fold_1/model.pt']\", got {value!r}")
+    bad = [p for p in value if not isinstance(p, str) or not p]
+    if bad:
+        raise BundleInputError(f"--ensemble_checkpoints: every entry must be a file path, got {bad[0]!r}")
+    return list(value)

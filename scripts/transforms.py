@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from monai.transforms import NormalizeIntensityd, ScaleIntensityRanged
+from monai.transforms import NormalizeIntensityd, RandCropByLabelClassesd, ScaleIntensityRanged
+from monai.transforms.utils import map_classes_to_indices
 
 
 def intensity_normalization(plan: dict, keys: str | list[str] = "image"):
@@ -32,3 +33,29 @@ def rotation_range(plan: dict, degrees: float = 30.0) -> list[float]:
 def scale_range(low: float = 0.7, high: float = 1.4) -> list[tuple[float, float]]:
     """RandAffined's scale_range is an offset from 1: the paper's 0.7-1.4 zoom becomes (-0.3, 0.4) on each axis."""
     return [(low - 1.0, high - 1.0)] * 3
+
+
+class RandCropByLabelClassesOrRandomd(RandCropByLabelClassesd):
+    """RandCropByLabelClassesd that also works on a case without any foreground (a healthy control).
+
+    With ratios that exclude the background (nnU-Net's foreground oversampling), MONAI sets the ratio of every absent
+    class to zero and then draws from ratios / sum(ratios) = 0 / 0: "probabilities contain NaN", hours into a run.
+    When none of the wanted classes is present this crop falls back to a centre drawn from every class that is
+    present (for an empty label: a random background voxel, i.e. a random crop).
+    """
+
+    def randomize(self, label, indices=None, image=None) -> None:
+        cropper = self.cropper
+        if indices is None:
+            indices = map_classes_to_indices(label, cropper.num_classes, image, cropper.image_threshold,
+                                             cropper.max_samples_per_class)
+        original = cropper.ratios
+        wanted = original if original is not None else [1] * len(indices)
+        if any(r > 0 and len(i) > 0 for r, i in zip(wanted, indices)):
+            cropper.randomize(label=label, indices=indices, image=image)
+            return
+        cropper.ratios = [1 if len(i) > 0 else 0 for i in indices]
+        try:
+            cropper.randomize(label=label, indices=indices, image=image)
+        finally:
+            cropper.ratios = original

@@ -12,10 +12,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from scripts.check_data import (
-    check_checkpoint,
     check_dataset,
     check_or_raise,
     check_output_dir,
@@ -146,24 +144,6 @@ def test_check_or_raise_one_line_names_first_file(broken: Path):
     wrapped = RuntimeError("Failed to evaluate ConfigExpression")
     wrapped.__cause__ = info.value
     assert find_input_error(wrapped) is info.value
-
-
-def test_checkpoint_checks(tmp_path: Path):
-    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3))
-    good = tmp_path / "good.pt"
-    torch.save({"model": net.state_dict()}, good)
-    assert check_checkpoint(str(good), net) == str(good)
-    other = tmp_path / "other.pt"
-    torch.save(torch.nn.Sequential(torch.nn.Conv3d(2, 4, 3)).state_dict(), other)
-    with pytest.raises(BundleInputError, match=r"other\.pt: checkpoint does not fit .*0\.weight: checkpoint "
-                                               r"\[4, 2, 3, 3, 3\] vs network \[4, 1, 3, 3, 3\]"):
-        check_checkpoint(str(other), net)
-    broken = tmp_path / "broken.pt"
-    broken.write_bytes(good.read_bytes()[:100])
-    with pytest.raises(BundleInputError, match=r"broken\.pt: corrupted or not a PyTorch weights file"):
-        check_checkpoint(str(broken), net)
-    with pytest.raises(BundleInputError, match=r"none\.pt: checkpoint not found"):
-        check_checkpoint(str(tmp_path / "none.pt"), net)
 
 
 def test_output_dir_check_creates_nothing(tmp_path: Path):

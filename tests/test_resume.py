@@ -20,11 +20,11 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 from monai.data import NibabelWriter
-from monai.handlers import CheckpointSaver
 
+from scripts.checkpoints import save as atomic_torch_save
 from scripts.demo_data import write_dataset
 from scripts.errors import BundleInputError
-from scripts.handlers import LastCheckpointSaver, ResumeHandler, atomic_torch_save
+from scripts.handlers import BestModelSaver, LastCheckpointSaver, ResumeHandler
 from scripts.writers import AtomicNibabelWriter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,14 +100,13 @@ def test_kill_then_resume_continues_schedule(runs):
     assert not list((runs["work"] / "models").glob(".tmp_*"))
 
 
-def _evaluator(save_dir: Path, scores: list[float]) -> tuple[Engine, CheckpointSaver]:
-    """An evaluator whose key metric takes the given values, one per run, with MONAI's best-model saver."""
+def _evaluator(save_dir: Path, scores: list[float]) -> tuple[Engine, BestModelSaver]:
+    """An evaluator whose key metric takes the given values, one per run, with the bundle's best-model saver."""
     evaluator = Engine(lambda engine, batch: None)
     evaluator.state.best_metric, evaluator.state.best_metric_epoch = -1, -1
     values = iter(scores)
     evaluator.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(val=next(values)))
-    saver = CheckpointSaver(str(save_dir), {"model": torch.nn.Linear(1, 1)}, save_key_metric=True,
-                            key_metric_name="val", key_metric_filename="model.pt")
+    saver = BestModelSaver(str(save_dir), torch.nn.Linear(1, 1), key_metric_name="val")
     saver.attach(evaluator)
     return evaluator, saver
 
@@ -120,17 +119,29 @@ def test_resume_keeps_best_metric(tmp_path: Path):
     trainer = Engine(lambda engine, batch: None)
     trainer.run([0], max_epochs=1)
     LastCheckpointSaver(str(tmp_path), {"network": net}, evaluator=evaluator)(trainer)
-    best = (tmp_path / "model.pt").stat().st_mtime_ns
+    best = (tmp_path / "model.pt").read_bytes()
 
-    evaluator, _ = _evaluator(tmp_path, [0.5, 0.9])
+    evaluator, saver = _evaluator(tmp_path, [0.5, 0.9])
     resumed = Engine(lambda engine, batch: None)
     ResumeHandler(str(tmp_path / "checkpoint_last.pt"), {"network": net}, evaluator=evaluator).attach(resumed)
     resumed.run([0], max_epochs=2)
-    assert evaluator.state.best_metric == 0.8
+    assert evaluator.state.best_metric == 0.8 and saver.best == 0.8
+    torch.nn.init.constant_(saver.network.weight, 3.0)
     evaluator.run([0])  # a worse model must not replace the best one
-    assert (tmp_path / "model.pt").stat().st_mtime_ns == best
+    assert (tmp_path / "model.pt").read_bytes() == best
     evaluator.run([0], max_epochs=2)  # a better one does
-    assert (tmp_path / "model.pt").stat().st_mtime_ns != best
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["weight"].item() == 3.0
+
+
+def test_resume_rewrites_a_missing_best_model(tmp_path: Path):
+    """MONAI's CheckpointSaver crashed at the first improvement after a resume when model.pt had gone; the bundle's
+    saver writes it again at the next validation, even when the metric is below the best so far."""
+    evaluator, saver = _evaluator(tmp_path, [0.3])
+    saver.load_state_dict({"_saved": [(0.8, "model.pt")]})  # best memory as an older bundle version saved it
+    assert saver.best == 0.8
+    evaluator.run([0])
+    assert torch.load(tmp_path / "model.pt", weights_only=True).keys() == {"weight", "bias"}
+    assert saver.best == 0.3  # the file on disk is the reference now
 
 
 def test_resume_with_bad_checkpoint_is_one_line(tmp_path: Path):
@@ -217,3 +228,35 @@ def test_nothing_downloads_at_run_time():
     pattern = re.compile(r"urlopen|requests\.|download_url|hub\.load|from_pretrained|load_state_dict_from_url")
     for path in [*(ROOT / "scripts").rglob("*.py"), *(ROOT / "configs").glob("*.json")]:
         assert not pattern.search(path.read_text()), path
+
+
+def test_fold_1_keeps_to_its_folder_and_ctrl_c_is_one_line(tmp_path: Path):
+    """`--fold 1` writes models/fold_1/ and leaves fold 0's files alone; Ctrl-C ends it with one line, exit 130 and an
+    intact checkpoint; resuming that checkpoint as fold 0 is refused in one line."""
+    data, work = tmp_path / "data", tmp_path / "work"
+    write_dataset(data, num_cases=6, num_test=1, inplane_range=(32, 34), slices_range=(6, 7))
+    models = work / "models"
+    models.mkdir(parents=True)
+    for name in ("model.pt", "checkpoint_last.pt"):
+        (models / name).write_bytes(b"fold 0")
+    fold1 = models / "fold_1"
+    cmd = train_cmd(work, data, "--fold", "1", "--val_interval", "1", "--epochs", "40")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV, text=True)
+    while not (fold1 / "checkpoint_last.pt").exists() and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert re.fullmatch(rf"ERROR: interrupted at epoch \d+, iteration \d+; {fold1}/checkpoint_last\.pt is intact, "
+                        r"resume with --resume true", err.strip().splitlines()[-1])
+    assert [(models / n).read_bytes() for n in ("model.pt", "checkpoint_last.pt")] == [b"fold 0", b"fold 0"]
+    last = torch.load(fold1 / "checkpoint_last.pt", weights_only=True)
+    assert last["meta"]["fold"] == 1 and len(last["meta"]["split"]["validation"]) == 1
+    assert json.loads((fold1 / "model.json").read_text())["fold"] == 1
+    assert not list(fold1.glob(".tmp_*"))
+    wrong = subprocess.run(train_cmd(work, data, "--ckpt_dir", str(fold1), "--resume", "true"), cwd=ROOT,
+                           capture_output=True, text=True, env=ENV, timeout=300)
+    assert wrong.returncode != 0
+    assert wrong.stderr.strip().splitlines()[-1] == (f"ERROR: {fold1}/checkpoint_last.pt: is a checkpoint of fold 1, "
+                                                     "this run trains fold 0; pass --fold 1 or start fold 0 without "
+                                                     "--resume")
