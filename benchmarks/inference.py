@@ -220,7 +220,7 @@ def cohort(args: argparse.Namespace) -> dict:
         "device": args.device,
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
-        "load_average_before": os.getloadavg(),
+        "load_average_1_5_15_min_at_end": os.getloadavg(),  # the host was shared: how busy it was
         "threads": args.threads,
         "torch": torch.__version__,
         "shape": args.shape,
