@@ -48,23 +48,35 @@ def _key(path: str) -> str:
 class CaseLayout(FolderLayout):
     """MONAI FolderLayout over one list of cases: outputs keep the inputs' sub-folders below their common folder.
 
-    Raises `BundleInputError` on construction when two cases would write one file, or an output would replace an
-    input. ``cases`` are datalist entries (``{"image": ...}`` dicts or paths); ``extension`` as in SaveImaged.
+    ``assign(cases)`` (called by `pending_cases`, or at construction with ``cases``) fixes the names and raises
+    `BundleInputError` when two cases would write one file or an output would replace an input. Until then, and
+    for files not among the cases (a caller that replaced ``dataset#data``, e.g. MONAI Label), outputs are named
+    flat, as MONAI's own layout names them. ``cases`` are datalist entries (``{"image": ...}`` dicts or paths).
     """
 
-    def __init__(self, output_dir: str, cases: Sequence[Any], postfix: str = "seg", extension: str = ".nii.gz",
-                 image_key: str = "image"):
+    def __init__(self, output_dir: str, postfix: str = "seg", extension: str = ".nii.gz",
+                 cases: Sequence[Any] | None = None, image_key: str = "image"):
+        super().__init__(output_dir, postfix=postfix, extension=extension, parent=False, makedirs=False)
+        self.outputs: dict[str, str] = {}
+        if cases is not None:
+            self.assign(cases, image_key)
+
+    def assign(self, cases: Sequence[Any], image_key: str = "image") -> None:
+        """Name every case's output, then check the names (before any work)."""
         images = [case_images(case, image_key)[0] for case in cases]
         folders = [os.path.dirname(os.path.abspath(p)) for p in images]
-        root = os.path.commonpath(folders) if folders else ""
-        super().__init__(output_dir, postfix=postfix, extension=extension, parent=False, makedirs=False,
-                         data_root_dir=root)
-        self.outputs = {image: os.fspath(self.filename(subject=image)) for image in images}
+        keep = FolderLayout(self.output_dir, postfix=self.postfix, extension=self.ext, parent=False,
+                            makedirs=False, data_root_dir=os.path.commonpath(folders) if folders else "")
+        self.outputs = {image: os.fspath(keep.filename(subject=image)) for image in images}
         self._check(cases, images)
+
+    def filename(self, subject: Any = "subject", idx=None, **kwargs) -> str:
+        known = self.outputs.get(os.fspath(subject)) if idx is None and not kwargs else None
+        return known if known is not None else os.fspath(super().filename(subject, idx, **kwargs))
 
     def output_of(self, case: Any, image_key: str = "image") -> str:
         """The file this case's segmentation is written to."""
-        return self.outputs[case_images(case, image_key)[0]]
+        return self.filename(subject=case_images(case, image_key)[0])
 
     def _check(self, cases: Sequence[Any], images: list[str]) -> None:
         owner: dict[str, str] = {}
@@ -95,9 +107,10 @@ def _rank_and_world() -> tuple[int, int]:
 
 def pending_cases(cases: Sequence[Any], layout: CaseLayout, overwrite: bool = False,
                   image_key: str = "image") -> list[Any]:
-    """This process's share of ``cases`` (under torchrun: every case on exactly one rank, uneven shares, no
-    padding), minus those whose output exists unless ``overwrite``. Split first, then skip: a rank's share does not
-    depend on what other ranks have already written."""
+    """Assign the output names of all ``cases`` to ``layout`` (checking them), then return this process's share
+    (under torchrun: every case on exactly one rank, uneven shares, no padding) minus those whose output exists
+    unless ``overwrite``. Split first, then skip: a rank's share does not depend on what other ranks wrote."""
+    layout.assign(cases, image_key)
     rank, world = _rank_and_world()
     share = list(cases) if world == 1 else partition_dataset(list(cases), num_partitions=world, shuffle=False,
                                                              even_divisible=False)[rank]

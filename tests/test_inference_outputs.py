@@ -44,7 +44,7 @@ def _touch(path: Path) -> str:
 
 def test_case_folders_with_one_file_name_get_one_output_each(tmp_path):
     cases = [{"image": _touch(tmp_path / "kits" / f"case_0000{i}" / "imaging.nii.gz")} for i in range(2)]
-    layout = CaseLayout(str(tmp_path / "out"), cases)
+    layout = CaseLayout(str(tmp_path / "out"), cases=cases)
     outputs = [layout.output_of(c) for c in cases]
     assert outputs == [str(tmp_path / "out" / f"case_0000{i}" / "imaging_seg.nii.gz") for i in range(2)]
     assert not (tmp_path / "out").exists(), "checking names creates no folders"
@@ -52,38 +52,51 @@ def test_case_folders_with_one_file_name_get_one_output_each(tmp_path):
 
 def test_flat_folder_keeps_flat_names(tmp_path):
     cases = [{"image": _touch(tmp_path / "scans" / name)} for name in ("a.nii.gz", "b.nrrd")]
-    layout = CaseLayout(str(tmp_path / "out"), cases)
+    layout = CaseLayout(str(tmp_path / "out"), cases=cases)
     assert [layout.output_of(c) for c in cases] == [str(tmp_path / "out" / n) for n in ("a_seg.nii.gz", "b_seg.nii.gz")]
 
 
 def test_same_stem_with_two_extensions_is_refused(tmp_path):
     cases = [{"image": _touch(tmp_path / "scans" / name)} for name in ("x.nii", "x.nii.gz")]
     with pytest.raises(BundleInputError, match=r"x_seg\.nii\.gz: would hold the segmentations of both .*x\.nii and"):
-        CaseLayout(str(tmp_path / "out"), cases)
+        CaseLayout(str(tmp_path / "out"), cases=cases)
 
 
 def test_image_listed_twice_is_refused(tmp_path):
     image = _touch(tmp_path / "scans" / "x.nii.gz")
     with pytest.raises(BundleInputError, match="listed twice"):
-        CaseLayout(str(tmp_path / "out"), [{"image": image}, {"image": image}])
+        CaseLayout(str(tmp_path / "out"), cases=[{"image": image}, {"image": image}])
 
 
 def test_output_equal_to_an_input_is_refused(tmp_path):
     scans = tmp_path / "scans"
     cases = [{"image": _touch(scans / "x.nii.gz")}]
     with pytest.raises(BundleInputError, match=r"would overwrite the input .*x\.nii\.gz"):
-        CaseLayout(str(scans), cases, postfix="")
+        CaseLayout(str(scans), cases=cases, postfix="")
     (tmp_path / "link").symlink_to(scans, target_is_directory=True)  # the same folder under another name
     with pytest.raises(BundleInputError, match="would overwrite the input"):
-        CaseLayout(str(tmp_path / "link"), cases, postfix="")
+        CaseLayout(str(tmp_path / "link"), cases=cases, postfix="")
     label = {"image": _touch(scans / "y.nii.gz"), "label": _touch(scans / "y_seg.nii.gz")}
     with pytest.raises(BundleInputError, match=r"would overwrite the input .*y_seg\.nii\.gz"):
-        CaseLayout(str(scans), [label])  # evaluation: a label is an input too
+        CaseLayout(str(scans), cases=[label])  # evaluation: a label is an input too
+
+
+def test_postprocessing_builds_without_a_dataset_and_names_unknown_files_flat(tmp_path):
+    """MONAI Label parses `postprocessing` (with its SaveImaged) knowing no dataset_dir: that must not read one."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(tmp_path), "plan_file": PLAN, "dataset_dir": str(tmp_path / "missing"),
+                   "output_dir": "/o"})
+    parser.get_parsed_content("postprocessing")
+    layout = parser.get_parsed_content("output_layout")
+    assert layout.filename(subject="/studies/a/x.nii.gz") == "/o/x_seg.nii.gz"
 
 
 def test_pending_cases_split_over_ranks_then_skip_existing(tmp_path, monkeypatch):
     cases = [{"image": _touch(tmp_path / "scans" / f"c{i}.nii.gz")} for i in range(5)]
-    layout = CaseLayout(str(tmp_path / "out"), cases)
+    layout = CaseLayout(str(tmp_path / "out"), cases=cases)
     shares = []
     for rank in range(2):
         monkeypatch.setattr("scripts.outputs._rank_and_world", lambda r=rank: (r, 2))
