@@ -6,7 +6,14 @@ Run ``python -m benchmarks.inference`` (``--quick`` for a smoke run). A syntheti
 written as NIfTI and segmented by the components that ``inference.json`` defines (dataset/preprocessing, the
 sliding-window inferer over the prediction wrapper, postprocessing with inversion and the atomic NIfTI writer).
 The sliding window runs ``1 + --repeats`` times: the first (cold: cuDNN autotuning, allocator growth) and the median
-of the rest (warm: what every further case of a batch job or a MONAI Label click costs) are both reported.
+of the rest (warm: what every further case of a batch job or a MONAI Label click costs) are both reported. The
+inversion to the input geometry is timed on its own: one interpolation of all class channels (what the config does)
+against one interpolation per class (the "export slower than inference" pitfall).
+
+``--cases N`` (N > 1) runs the whole ``evaluator`` of ``inference.json`` over N synthetic cases instead, once per
+setting of ``--compare`` (data loader workers, background writes), each in a fresh process so that peak memory is
+its own: cases per minute, the share of the wall time the sliding window (network) is busy, peak host memory (main
+process and the largest data loader worker).
 """
 
 from __future__ import annotations
@@ -14,8 +21,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,9 +43,9 @@ from benchmarks.network import configure_cudnn
 BUNDLE = Path(__file__).resolve().parents[1]
 
 
-def write_volume(path: Path, shape: list[int], spacing: list[float]) -> None:
+def write_volume(path: Path, shape: list[int], spacing: list[float], seed: int = 0) -> None:
     """A CT-like volume: air around a soft-tissue ellipse with a brighter blob, noise; thick axis last."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     x, y = np.meshgrid(np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1]), indexing="ij")
     body = (x / 0.85) ** 2 + (y / 0.65) ** 2 < 1
     organ = ((x - 0.3) / 0.3) ** 2 + ((y + 0.1) / 0.25) ** 2 < 1
@@ -88,6 +99,7 @@ def run(args: argparse.Namespace) -> dict:
         t_sw = sw_times[0]
         t_sw_warm = statistics.median(sw_times[1:]) if args.repeats else None
 
+        t_invert, t_invert_per_class = time_inversion(batch, post)
         start = time.perf_counter()
         for item in decollate_batch(batch):
             post(item)
@@ -110,6 +122,8 @@ def run(args: argparse.Namespace) -> dict:
         "sliding_window_times": sw_times,
         "sliding_window_warm_s": t_sw_warm,
         "postprocess_and_write_s": t_post,
+        "invert_all_channels_s": t_invert,
+        "invert_per_class_s": t_invert_per_class,
         "total_s": t_pre + t_sw + t_post,
         "total_warm_s": None if t_sw_warm is None else t_pre + t_sw_warm + t_post,
         "peak_rss_mb": peak_rss_bytes() / 2**20,
@@ -118,13 +132,125 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+def time_inversion(batch: dict, post) -> tuple[float, float]:
+    """Seconds to invert the class probabilities to the input geometry: all channels in one interpolation (the
+    config's Invertd) and, for comparison, one interpolation per class."""
+    invert = next(t for t in post.transforms if type(t).__name__ == "Invertd")
+    item = decollate_batch(batch)[0]
+    item["pred"] = torch.softmax(item["pred"], 0)
+    start = time.perf_counter()
+    invert(dict(item))
+    t_all = time.perf_counter() - start
+    start = time.perf_counter()
+    for c in range(item["pred"].shape[0]):
+        invert({**item, "pred": item["pred"][c : c + 1]})
+    return t_all, time.perf_counter() - start
+
+
+class TimedInferer:
+    """Wraps the evaluator's inferer: seconds spent in the sliding window (the network busy), synchronised on CUDA."""
+
+    def __init__(self, inferer, device: torch.device):
+        self.inferer, self.device, self.seconds = inferer, device, []
+
+    def __call__(self, inputs, network, *args, **kwargs):
+        start = time.perf_counter()
+        out = self.inferer(inputs, network, *args, **kwargs)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.seconds.append(time.perf_counter() - start)
+        return out
+
+
+def run_cohort(args: argparse.Namespace, scans: Path, out_dir: Path) -> dict:
+    """The inference evaluator over every scan in ``scans``, as ``monai.bundle run`` runs it (no data check)."""
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser.update({"plan_file": str(BUNDLE / "configs" / "plan.json"), "dataset_dir": str(scans),
+                   "output_dir": str(out_dir), "kn": args.kn, "device": args.device,
+                   "sw_batch_size": args.sw_batch_size, "load_pretrain": False, "num_workers": args.num_workers,
+                   "background_writes": args.background_writes})  # fmt: skip
+    if args.patch:
+        parser["patch_size"] = args.patch
+    evaluator = parser.get_parsed_content("evaluator")
+    timed = TimedInferer(evaluator.inferer, device)
+    evaluator.inferer = timed
+    start = time.perf_counter()
+    evaluator.run()
+    wall = time.perf_counter() - start
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
+    return {
+        "cases": len(timed.seconds),
+        "num_workers": args.num_workers,
+        "background_writes": args.background_writes,
+        "wall_s": wall,
+        "cases_per_min": 60 * len(timed.seconds) / wall,
+        "network_busy_share": sum(timed.seconds) / wall,
+        "sliding_window_s_per_case": timed.seconds,
+        "peak_rss_main_mb": peak_rss_bytes() / 2**20,
+        "peak_rss_largest_worker_mb": children / 2**20 if args.num_workers else None,
+        "written": len(list(out_dir.glob("*_seg.nii.gz"))),
+    }
+
+
+def cohort(args: argparse.Namespace) -> dict:
+    """One fresh process per (num_workers, background_writes) setting over the same synthetic cases."""
+    settings = [tuple(json.loads(s)) for s in args.compare]
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        scans = Path(tmp) / "scans"
+        scans.mkdir()
+        for i in range(args.cases):
+            write_volume(scans / f"ct{i:03d}.nii.gz", args.shape, [0.8, 0.8, 5.0], seed=i)
+        for workers, background in settings:
+            out = Path(tmp) / f"result_{workers}_{background}.json"
+            cmd = [sys.executable, "-m", "benchmarks.inference", "--_one_cohort", str(scans), "--out", str(out),
+                   "--device", args.device, "--shape", json.dumps(args.shape), "--kn", json.dumps(args.kn),
+                   "--sw_batch_size", str(args.sw_batch_size), "--threads", str(args.threads),
+                   "--num_workers", str(workers), "--background_writes", str(background).lower()]  # fmt: skip
+            if args.patch:
+                cmd += ["--patch", json.dumps(args.patch)]
+            subprocess.run(cmd, check=True, cwd=BUNDLE, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+                           stdout=subprocess.DEVNULL)  # fmt: skip
+            runs.append(json.loads(out.read_text()))
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "device": args.device,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1_5_15_min_at_end": os.getloadavg(),  # the host was shared: how busy it was
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "shape": args.shape,
+        "kn": args.kn,
+        "patch": args.patch,
+        "sw_batch_size": args.sw_batch_size,
+        "runs": runs,
+    }
+
+
+def print_cohort(r: dict) -> None:
+    print(f"\n{r['runs'][0]['cases']} cases of {r['shape']} on {r['device']}, {r['threads']} threads, kn={r['kn']}")
+    print(f"{'workers':>8} {'background':>10} {'cases/min':>10} {'network busy':>13} {'peak RSS main':>14} "
+          f"{'largest worker':>15}")  # fmt: skip
+    for run in r["runs"]:
+        worker = run["peak_rss_largest_worker_mb"]
+        print(f"{run['num_workers']:>8} {str(run['background_writes']):>10} {run['cases_per_min']:>10.2f} "
+              f"{run['network_busy_share']:>13.0%} {run['peak_rss_main_mb']:>11.0f} MB "
+              f"{'-' if worker is None else f'{worker:.0f} MB':>15}")  # fmt: skip
+
+
 def print_table(r: dict) -> None:
     print(f"\nWhole-volume inference, {r['device']}, {r['threads']} threads, volume {r['shape']} at 0.8x0.8x5 mm, "
           f"kn={r['kn']}, roi {r['patch']}, sw_batch {r['sw_batch_size']}, AMP {r['amp']}")  # fmt: skip
     for label, key in [("preprocessing (load, RAS, resample, normalise)", "preprocessing_s"),
                        ("sliding window (first run)", "sliding_window_s"),
                        ("sliding window (warm, median of repeats)", "sliding_window_warm_s"),
-                       ("invert + argmax + write", "postprocess_and_write_s"),
+                       ("softmax + invert + argmax + write", "postprocess_and_write_s"),
+                       ("  of which: invert all channels at once", "invert_all_channels_s"),
+                       ("  (for comparison: invert class by class)", "invert_per_class_s"),
                        ("total (first run)", "total_s"), ("total (warm)", "total_warm_s")]:  # fmt: skip
         if r[key] is not None:
             print(f"{label:<48}{r[key]:>9.2f} s")
@@ -144,13 +270,26 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=0 if not cuda else 3, help="warm sliding-window runs after the first")
     p.add_argument("--cudnn", default="benchmark", choices=["benchmark", "deterministic"], help="cuDNN mode on CUDA")
     p.add_argument("--quick", action="store_true", help="tiny volume and network, for a smoke test")
+    p.add_argument("--cases", type=int, default=1, help="N > 1: run the inference evaluator over N cases")
+    p.add_argument("--compare", nargs="+", default=["[0,false]", "[2,false]", "[2,true]"],
+                   help="with --cases: [num_workers, background_writes] settings, one fresh process each")
+    p.add_argument("--num_workers", type=int, default=2, help=argparse.SUPPRESS)
+    p.add_argument("--background_writes", default="true", help=argparse.SUPPRESS)
+    p.add_argument("--_one_cohort", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=str(BUNDLE / "benchmarks" / "results" / "inference.json"))
     args = p.parse_args(argv)
+    args.background_writes = str(args.background_writes).lower() == "true"
     if args.quick:
         args.shape, args.kn, args.patch = [64, 64, 10], [4, 4, 6, 6, 8], [48, 48, 8]
     configure_cudnn(args.cudnn)
-    result = run(args)
-    print_table(result)
+    if args._one_cohort:
+        result = run_cohort(args, Path(args._one_cohort), Path(args.out).with_suffix(".out"))
+    elif args.cases > 1:
+        result = cohort(args)
+        print_cohort(result)
+    else:
+        result = run(args)
+        print_table(result)
     write_json(result, args.out)
     return result
 

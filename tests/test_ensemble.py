@@ -1,4 +1,4 @@
-"""scripts.ensemble.SoftmaxEnsemble: mirror TTA is the mean of the flipped predictions flipped back, N identical
+"""scripts.ensemble.LogitEnsemble: mirror TTA is the mean of the flipped predictions flipped back, N identical
 checkpoints give the single model's prediction, and every bad ``ensemble_checkpoints`` entry is one line."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from scripts.checkpoints import save_model, training_meta
-from scripts.ensemble import SoftmaxEnsemble
+from scripts.ensemble import LogitEnsemble
 from scripts.errors import BundleInputError, find_input_error
 from scripts.networks.mnet import MNet
 from scripts.plan_file import DEFAULT_PLAN
@@ -30,17 +30,16 @@ def conv(seed: int, channels: int = 3) -> torch.nn.Module:
 @torch.no_grad()
 def test_mirror_tta_is_mean_of_flipped_predictions_flipped_back():
     net, x = conv(0), torch.randn(1, 1, 8, 6, 4)
-    tta = SoftmaxEnsemble(net, mirror_axes=[0, 2])(x)
+    tta = LogitEnsemble(net, mirror_axes=[0, 2])(x)
     expected = []
     for axes in ([], [0], [2], [0, 2]):
         dims = [a + 2 for a in axes]
         flipped = torch.flip(x, dims) if dims else x
-        prob = torch.softmax(net(flipped), dim=1)
+        prob = net(flipped)
         expected.append(torch.flip(prob, dims) if dims else prob)
     torch.testing.assert_close(tta, torch.stack(expected).mean(0))
-    assert not torch.allclose(tta, torch.softmax(net(x), dim=1), atol=1e-3)  # the flips do change the result
-    torch.testing.assert_close(tta.sum(1), torch.ones(1, 8, 6, 4))
-    all_axes = SoftmaxEnsemble(net, mirror_axes=[0, 1, 2])
+    assert not torch.allclose(tta, net(x), atol=1e-3)  # the flips do change the result
+    all_axes = LogitEnsemble(net, mirror_axes=[0, 1, 2])
     assert sorted(map(tuple, all_axes.flips)) == sorted(
         tuple(a + 2 for a in c) for n in range(4) for c in itertools.combinations(range(3), n)
     )
@@ -49,15 +48,15 @@ def test_mirror_tta_is_mean_of_flipped_predictions_flipped_back():
 @torch.no_grad()
 def test_identical_checkpoints_equal_one_model_and_different_ones_average(tmp_path: Path):
     net, x = conv(0), torch.randn(1, 1, 8, 6, 4)
-    single = torch.softmax(net(x), dim=1)
+    single = net(x)
     torch.save(net.state_dict(), tmp_path / "same.pt")
-    same = SoftmaxEnsemble(copy.deepcopy(net), [str(tmp_path / "same.pt")] * 3)
+    same = LogitEnsemble(copy.deepcopy(net), [str(tmp_path / "same.pt")] * 3)
     assert len(same.members) == 4
     torch.testing.assert_close(same(x), single)
     other = conv(1)
     torch.save(other.state_dict(), tmp_path / "other.pt")
-    mixed = SoftmaxEnsemble(copy.deepcopy(net), [str(tmp_path / "other.pt")])(x)
-    torch.testing.assert_close(mixed, (single + torch.softmax(other(x), dim=1)) / 2)
+    mixed = LogitEnsemble(copy.deepcopy(net), [str(tmp_path / "other.pt")])(x)
+    torch.testing.assert_close(mixed, (single + other(x)) / 2)
 
 
 def bad_entries(tmp_path: Path) -> list[tuple[object, str]]:
@@ -87,7 +86,7 @@ def test_every_bad_entry_is_one_line(tmp_path: Path):
     net = MNet(1, 3, kn=(4, 4, 6, 6, 8))
     for entry, message in bad_entries(tmp_path):
         with pytest.raises(BundleInputError, match=message) as info:
-            SoftmaxEnsemble(net, entry, plan=DEFAULT_PLAN)
+            LogitEnsemble(net, entry, plan=DEFAULT_PLAN)
         assert "\n" not in str(info.value)
 
 
@@ -107,3 +106,10 @@ def test_inference_config_checks_entries_against_the_plan(tmp_path: Path):
     with pytest.raises(Exception) as info:
         parser.get_parsed_content("predictor")
     assert re.search(message, str(find_input_error(info.value)))
+
+
+@pytest.mark.parametrize("axes", [[-1], [3], ["x"]])
+def test_mirror_axes_are_spatial_only(axes):
+    """`--tta_mirror_axes [-1]` used to flip the class axis (lesions vanished)."""
+    with pytest.raises(BundleInputError, match="tta_mirror_axes: spatial axes 0, 1, 2 only"):
+        LogitEnsemble(conv(0), mirror_axes=axes)
