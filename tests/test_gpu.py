@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from monai.inferers import SlidingWindowInferer
 
 from scripts.networks.mnet import MNet
+from scripts.networks.options import MNetOptions
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 KN = (8, 8, 12, 12, 16)
@@ -28,7 +29,7 @@ def test_fast_paths_match_plain_path_on_gpu():
     """cuDNN picks different kernels (and summation orders) for the two paths, so on a GPU the fast path is held to
     the plain path's own float32 accuracy: its distance from a float64 run may be at most twice the plain path's."""
     plain = MNet(1, 3, kn=KN).cuda()
-    fast = MNet(1, 3, kn=KN, skip_bias=True, group_norm=True, split_decoder_conv=True).cuda()
+    fast = MNet(1, 3, kn=KN, options=MNetOptions.cpu()).cuda()
     fast.load_state_dict(plain.state_dict())
     exact = MNet(1, 3, kn=KN).cuda().double()
     exact.load_state_dict(plain.state_dict())
@@ -46,7 +47,7 @@ def test_fast_paths_match_plain_path_on_gpu():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_amp_training_steps_are_finite_and_learn(dtype):
     """A few AMP steps on one fixed batch: loss and gradients stay finite and the loss goes down."""
-    net = MNet(1, 3, kn=KN, skip_bias=True, group_norm=True).cuda().train()
+    net = MNet(1, 3, kn=KN, options=MNetOptions(group_norm=True)).cuda().train()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.99, nesterov=True)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     x = torch.randn(2, 1, *PATCH, device="cuda")
@@ -70,7 +71,7 @@ def test_amp_training_steps_are_finite_and_learn(dtype):
 def test_amp_sliding_window_matches_float32():
     """Whole-volume probabilities under fp16 autocast stay close to float32 on average and give the same labels
     almost everywhere (an untrained net has many near-ties, where fp16 rounding may flip the argmax)."""
-    net = MNet(1, 3, kn=KN, skip_bias=True, group_norm=True).cuda().eval()
+    net = MNet(1, 3, kn=KN, options=MNetOptions(group_norm=True)).cuda().eval()
     inferer = SlidingWindowInferer(roi_size=PATCH, sw_batch_size=2, overlap=0.5, mode="gaussian")
     volume = torch.randn(1, 1, 150, 130, 40, device="cuda")
     with torch.inference_mode():
