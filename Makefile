@@ -39,7 +39,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.inference
 
 package: $(STAMP)
-	$(PY) -m scripts.package --bundle_root . --out_dir dist
+	$(PY) -m tools.package --bundle_root . --out_dir dist
 
 MONAILABEL_VENV := .venv-monailabel
 $(MONAILABEL_VENV)/.installed: tests/monailabel/requirements.txt requirements.txt

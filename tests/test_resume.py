@@ -22,7 +22,7 @@ from ignite.engine import Engine, Events
 from monai.data import NibabelWriter
 from monai.handlers import CheckpointSaver
 
-from scripts.demo_data import write_dataset
+from scripts.demo.data import write_dataset
 from scripts.errors import BundleInputError
 from scripts.handlers import LastCheckpointSaver, ResumeHandler, atomic_torch_save
 from scripts.writers import AtomicNibabelWriter
