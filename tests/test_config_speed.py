@@ -33,11 +33,11 @@ def test_cudnn_benchmark_setting(files, flag, benchmark, restore_cudnn):
     parser = ConfigParser()
     parser.read_config([str(BUNDLE_ROOT / f) for f in files])
     parser["cudnn_benchmark"] = flag
-    steps = [i for i, expr in enumerate(parser["initialize"]) if "cudnn" in str(expr)]
+    steps = [i for i, expr in enumerate(parser["run"]) if "cudnn" in str(expr)]
     assert len(steps) == 2
     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = (not benchmark), benchmark
     for i in steps:
-        parser.get_parsed_content(f"initialize#{i}")
+        parser.get_parsed_content(f"run#{i}")
     assert torch.backends.cudnn.benchmark is benchmark
     assert torch.backends.cudnn.deterministic is (not benchmark)
 
