@@ -181,3 +181,16 @@ def test_build_refuses_a_tree_that_is_not_a_bundle(tmp_path, missing):
     (staged / missing).unlink()
     with pytest.raises(FileNotFoundError, match=missing):
         package.build(staged, tmp_path / "dist")
+
+
+def test_license_is_the_full_apache_2_text_and_docs_credit_the_authors_code():
+    text = (BUNDLE / "LICENSE").read_text()
+    assert text.lstrip().startswith("Apache License")
+    for part in ("TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION", "1. Definitions.",
+                 "4. Redistribution.", "9. Accepting Warranty or Additional Liability.", "END OF TERMS AND CONDITIONS",
+                 "Copyright 2026 MNet Bundle contributors"):  # fmt: skip
+        assert part in text, part
+    assert len(text.splitlines()) > 190
+    for doc in ("README.md", "docs/README.md"):
+        content = (BUNDLE / doc).read_text()
+        assert "github.com/zfdong-code/MNet" in content and "Apache License 2.0" in content, doc
