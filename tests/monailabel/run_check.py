@@ -61,7 +61,7 @@ def prepare_app(work: Path) -> Path:
     subprocess.run(cmd, check=True, cwd=work)
     bundle = apps / "monaibundle" / "model" / BUNDLE_NAME
     sys.path.insert(0, str(BUNDLE_ROOT))
-    from scripts.package import bundle_files  # the exact file list of a release
+    from tools.package import bundle_files  # the exact file list of a release
 
     for rel in bundle_files(BUNDLE_ROOT):
         if rel.startswith("models/"):
