@@ -89,7 +89,7 @@ study: $(STAMP)
 	$(PY) -m benchmarks.study $(STUDY_ARGS)
 
 package: $(STAMP)
-	$(PY) -m scripts.package --bundle_root . --out_dir dist
+	$(PY) -m tools.package --bundle_root . --out_dir dist
 
 MONAILABEL_VENV := .venv-monailabel
 $(MONAILABEL_VENV)/.installed: tests/monailabel/requirements.txt requirements.txt
@@ -99,7 +99,13 @@ $(MONAILABEL_VENV)/.installed: tests/monailabel/requirements.txt requirements.tx
 		$$(grep -v -E '^[[:space:]]*(#|$$|torch==|numpy==|monai==)' requirements.txt)
 	touch $@
 
+# tests of the bundle's numpy code (plan, checks, inputs, loss, data), rerun in the MONAI Label venv (numpy 1.26; .venv has numpy 2.x)
+NUMPY1_TESTS := tests/test_plan.py tests/test_check_data.py tests/test_inputs.py tests/test_loss.py \
+	tests/test_demo_data.py tests/test_displayable_configs.py
+
 test-monailabel: $(MONAILABEL_VENV)/.installed
+	$(MONAILABEL_VENV)/bin/python -c "import numpy; assert numpy.__version__.startswith('1.'), numpy.__version__"
+	$(MONAILABEL_VENV)/bin/python -m pytest -q -m "not slow" $(NUMPY1_TESTS)
 	PATH="$(CURDIR)/$(MONAILABEL_VENV)/bin:$$PATH" $(MONAILABEL_VENV)/bin/python tests/monailabel/run_check.py
 
 clean:

@@ -22,7 +22,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from benchmarks.common import write_json
-from scripts.demo_data import write_dataset
+from scripts.demo.data import write_dataset
 
 BUNDLE = Path(__file__).resolve().parents[1]
 

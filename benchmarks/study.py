@@ -3,7 +3,7 @@
     python -m benchmarks.study [--size smoke|cpu|gpu] [--device cpu|cuda] [--seeds 2] [--out_dir study]
     python -m benchmarks.study --dataset_dir /data/MyTask --datalist dataset.json    # your own data
 
-Synthetic mode: the same continuous phantoms (body, organ, lesions; the demo generator's shapes, scripts/demo_data.py)
+Synthetic mode: the same continuous phantoms (body, organ, lesions; the demo generator's shapes, scripts/demo/data.py)
 are "scanned" at fixed in-plane spacing and slice spacings of 1, 2.5, 5 and 8 mm (every slice averages sub-slices
 across its thickness, labels from the slice centre), so only the anisotropy changes between the data sets. Each of
 MNet (FMU sub, sum, cat), a 2D U-Net and a 3D U-Net (MONAI DynUNet; the 3D one with the kernels and strides nnU-Net's

@@ -1,6 +1,7 @@
 """Bad inputs through the real CLI: one clear last line on stderr naming the file and problem, exit 1, no outputs.
 
-Each run stops in `initialize` (or at checkpoint loading), before any training, so these stay at a few seconds each.
+Each run stops at the data checks that open `run` (or at checkpoint loading), before any training, so these stay
+at a few seconds each.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
-from scripts.demo_data import write_dataset
+from scripts.demo.data import write_dataset
 from scripts.errors import find_input_error
 from scripts.networks.mnet import MNet
 

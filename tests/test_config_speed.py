@@ -8,7 +8,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
-from scripts.demo_data import write_dataset
+from scripts.demo.data import write_dataset
 from scripts.networks.options import MNetOptions
 from tests.conftest import BUNDLE_ROOT
 

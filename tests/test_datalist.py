@@ -26,7 +26,7 @@ from scripts.datalist import (
     load_split,
     read_datalist,
 )
-from scripts.demo_data import write_dataset
+from scripts.demo.data import write_dataset
 from scripts.errors import BundleInputError
 from scripts.plan import plan_dataset
 from tests.test_workflows import bundle_run, common

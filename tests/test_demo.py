@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scripts import demo, report
+from scripts.demo import pipeline as demo
+from scripts.demo import report
 
 
 @pytest.fixture(scope="module")

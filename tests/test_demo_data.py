@@ -13,7 +13,7 @@ from monai.data import load_decathlon_datalist
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
 from scipy import ndimage
 
-from scripts.demo_data import case_affine, make_case, write_dataset
+from scripts.demo.data import case_affine, make_case, write_dataset
 
 TINY = {"inplane_range": (40, 48), "slices_range": (8, 10)}  # small cases keep the suite fast
 

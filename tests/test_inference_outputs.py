@@ -20,7 +20,7 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
-from scripts.demo_data import write_dataset
+from scripts.demo.data import write_dataset
 from scripts.ensemble import LogitEnsemble
 from scripts.errors import BundleInputError, find_input_error
 from scripts.networks.mnet import MNet

@@ -1,8 +1,9 @@
-"""Release packaging (`make package`, scripts/package.py): a reproducible zoo-style zip that `monai.bundle download`
-installs and that runs inference from the downloaded copy; and large_files.yml."""
+"""Release packaging (`make package`, tools/package.py): a reproducible zoo-style zip that holds what a zoo bundle
+holds (configs, the scripts modules the configs import, docs, LICENSE), and large_files.yml."""
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 import subprocess
@@ -10,29 +11,29 @@ import sys
 import zipfile
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
 import yaml
 from monai.bundle import ConfigParser, download_large_files
 
-from scripts import package
+from tools import package
 
 BUNDLE = Path(__file__).resolve().parents[1]
 TINY = {"kn": [4, 4, 6, 6, 8], "patch_size": [64, 64, 8]}
 TOP = package.BUNDLE_NAME + "/"
-ALLOWED_TOP = {"configs", "scripts", "models", "docs", "LICENSE", "README.md", "requirements.txt", "large_files.yml"}
+ALLOWED_TOP = {"configs", "scripts", "models", "docs", "LICENSE", "README.md", "requirements.txt"}
+# import name -> distribution name, for the metadata's required packages whose names differ
+IMPORT_NAMES = {"ignite": "pytorch-ignite", "yaml": "pyyaml"}
 
 
 def _version() -> str:
     return json.loads((BUNDLE / "configs" / "metadata.json").read_text())["version"]
 
 
-def _stage(dst: Path, weights: bool) -> Path:
+def stage(dst: Path, weights: bool) -> Path:
     """A bundle tree with exactly the packaged files of this checkout, with or without test weights."""
     for rel in package.bundle_files(BUNDLE):
-        if not rel.startswith("models/"):
+        if rel != "models/model.pt":
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(BUNDLE / rel, dst / rel)
     (dst / "models").mkdir(exist_ok=True)
@@ -42,6 +43,11 @@ def _stage(dst: Path, weights: bool) -> Path:
         parser.update({"bundle_root": str(dst), "kn": TINY["kn"]})
         torch.save(parser.get_parsed_content("network_def").state_dict(), dst / "models" / "model.pt")
     return dst
+
+
+def _zip_files(path: Path) -> set[str]:
+    with zipfile.ZipFile(path) as archive:
+        return {n[len(TOP) :] for n in archive.namelist() if not n.endswith("/")}
 
 
 def test_build_is_reproducible_and_contains_only_the_bundle(tmp_path):
@@ -59,26 +65,81 @@ def test_build_is_reproducible_and_contains_only_the_bundle(tmp_path):
     assert {n[len(TOP) :].split("/")[0] for n in names if n != TOP} <= ALLOWED_TOP
     assert all(i.date_time == (2022, 5, 30, 0, 0, 0) for i in infos)
     assert all(i.compress_type == zipfile.ZIP_DEFLATED for i in infos if not i.is_dir())
-    for bad in ("__pycache__", ".pyc", "/tests/", "/benchmarks/", "/eval/", "/.venv", "/demo/", "/dist/", "/.git"):
+    for bad in ("__pycache__", ".pyc", "/tests/", "/benchmarks/", "/tools/", "/eval/", "/.venv", "/dist/", "/.git/"):
         assert not [n for n in names if bad in n], bad
-    files = {n[len(TOP) :] for n in names if not n.endswith("/")}
+    files = _zip_files(first)
     for required in ("configs/metadata.json", "configs/inference.json", "configs/train.json", "LICENSE",
-                     "README.md", "requirements.txt", "large_files.yml", "docs/README.md",
-                     "docs/data_license.txt", "scripts/__init__.py", "scripts/networks/mnet.py"):  # fmt: skip
+                     "README.md", "requirements.txt", "docs/README.md", "docs/data_license.txt",
+                     "scripts/__init__.py", "scripts/networks/__init__.py", "scripts/networks/mnet.py",
+                     "models/.gitkeep"):  # fmt: skip
         assert required in files, required
-    on_disk = {p.relative_to(BUNDLE).as_posix() for top in ("configs", "scripts") for p in (BUNDLE / top).rglob("*")
-               if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}  # fmt: skip
-    assert on_disk <= files
+    configs = {p.relative_to(BUNDLE).as_posix() for p in (BUNDLE / "configs").rglob("*") if p.is_file()}
+    assert configs <= files
     assert ("models/model.pt" in files) == (BUNDLE / "models" / "model.pt").is_file()
-    assert TOP + "models/" in names  # the folder exists even without weights
-    assert not [f for f in files if f.startswith("models/") and f != "models/model.pt"]
+    assert not [f for f in files if f.startswith("models/") and f not in ("models/model.pt", "models/.gitkeep")]
+
+
+def test_zip_ships_exactly_the_scripts_the_configs_import(tmp_path):
+    files = _zip_files(package.build(BUNDLE, tmp_path))
+    shipped = {f for f in files if f.startswith("scripts/")}
+    assert shipped == set(package.shipped_modules(BUNDLE))
+    # what the configs name directly is shipped, and so is what those modules import
+    for name in ("check_data", "datalist", "handlers", "metrics", "plan_file", "transforms", "writers", "errors",
+                 "atomic", "networks/blocks", "networks/inference_kernels"):  # fmt: skip
+        assert f"scripts/{name}.py" in shipped, name
+    # the demo, its report and the release tool are not runtime parts of the bundle
+    assert not [f for f in shipped if f.startswith("scripts/demo/")]
+    assert not [f for f in files if f.startswith("tools/") or f.endswith("package.py")]
+
+
+def test_shipped_modules_follow_imports_inside_functions_and_skip_the_rest(tmp_path):
+    root = tmp_path / "b"
+    (root / "configs").mkdir(parents=True)
+    (root / "scripts" / "sub").mkdir(parents=True)
+    (root / "configs" / "inference.json").write_text(json.dumps({"net": {"_target_": "scripts.sub.a.Net"}}))
+    (root / "scripts" / "__init__.py").write_text("")
+    (root / "scripts" / "sub" / "__init__.py").write_text("")
+    (root / "scripts" / "sub" / "a.py").write_text("def f():\n    from scripts import b\n")
+    (root / "scripts" / "b.py").write_text("import os\nfrom scripts.c import helper\n")
+    (root / "scripts" / "c.py").write_text("def helper(): pass\n")
+    (root / "scripts" / "unused.py").write_text("import matplotlib\n")
+    assert package.shipped_modules(root) == ["scripts/__init__.py", "scripts/b.py", "scripts/c.py",
+                                             "scripts/sub/__init__.py", "scripts/sub/a.py"]  # fmt: skip
+
+
+def test_shipped_code_imports_only_the_metadata_requirements():
+    """Everything the released scripts import is the standard library, the bundle itself or a package that
+    metadata.json pins, so e.g. matplotlib (the demo's report) is not a hidden runtime requirement."""
+    meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    allowed = {"torch", "monai", "numpy", *(k.lower() for k in meta["required_packages_version"])}
+    assert "matplotlib" not in allowed
+    for rel in package.shipped_modules(BUNDLE):
+        for node in ast.walk(ast.parse((BUNDLE / rel).read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module]
+            for top in {n.split(".")[0] for n in names}:
+                if top in sys.stdlib_module_names or top == "scripts":
+                    continue
+                assert IMPORT_NAMES.get(top, top) in allowed, f"{rel} imports {top}, not in metadata.json"
+
+
+def test_placeholder_large_files_yml_is_left_out_and_a_real_one_ships(tmp_path):
+    assert not package.large_files_ready(BUNDLE)  # no weights published yet: the URL is a .invalid placeholder
+    assert "large_files.yml" not in _zip_files(package.build(BUNDLE, tmp_path / "now"))
+    staged = stage(tmp_path / "bundle", weights=False)
+    content = yaml.safe_load((BUNDLE / "large_files.yml").read_text())
+    content["large_files"][0]["url"] = "https://example.org/releases/model.pt"
+    (staged / "large_files.yml").write_text(yaml.safe_dump(content))
+    assert "large_files.yml" in _zip_files(package.build(staged, tmp_path / "real"))
 
 
 def test_build_without_weights_has_no_model_and_with_weights_has_it(tmp_path):
-    bare = package.build(_stage(tmp_path / "bare", weights=False), tmp_path / "dist_bare")
+    bare = package.build(stage(tmp_path / "bare", weights=False), tmp_path / "dist_bare")
     with zipfile.ZipFile(bare) as archive:
         assert TOP + "models/model.pt" not in archive.namelist()
-    staged = _stage(tmp_path / "weighted", weights=True)
+        assert TOP + "models/.gitkeep" in archive.namelist()
+    staged = stage(tmp_path / "weighted", weights=True)
     weighted = package.build(staged, tmp_path / "dist_weighted")
     with zipfile.ZipFile(weighted) as archive:
         assert archive.read(TOP + "models/model.pt") == (staged / "models" / "model.pt").read_bytes()
@@ -86,7 +147,7 @@ def test_build_without_weights_has_no_model_and_with_weights_has_it(tmp_path):
 
 def test_cli_writes_the_zip(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "scripts.package", "--bundle_root", str(BUNDLE), "--out_dir", str(tmp_path)],
+        [sys.executable, "-m", "tools.package", "--bundle_root", str(BUNDLE), "--out_dir", str(tmp_path)],
         cwd=BUNDLE, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -107,49 +168,29 @@ def test_large_files_yml_lists_the_weights():
 
 def test_download_large_files_keeps_existing_weights(tmp_path):
     """With models/model.pt present (and no hash given), the zoo's large-file step must not touch the network."""
-    staged = _stage(tmp_path / "bundle", weights=True)
+    staged = stage(tmp_path / "bundle", weights=True)
+    shutil.copy2(BUNDLE / "large_files.yml", staged / "large_files.yml")
     before = (staged / "models" / "model.pt").read_bytes()
     download_large_files(bundle_path=str(staged))
     assert (staged / "models" / "model.pt").read_bytes() == before
 
 
-def test_downloaded_zip_runs_inference(tmp_path):
-    """`monai.bundle download --url file://...` installs the zip; inference from that copy writes a segmentation on
-    the input's grid."""
-    staged = _stage(tmp_path / "staged", weights=True)
-    zip_path = package.build(staged, tmp_path / "dist")
-    bundle_dir = tmp_path / "bundles"
-    cmd = [sys.executable, "-m", "monai.bundle", "download", "--name", package.BUNDLE_NAME,
-           "--url", zip_path.as_uri(), "--bundle_dir", str(bundle_dir)]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    downloaded = bundle_dir / package.BUNDLE_NAME
-    assert (downloaded / "models" / "model.pt").read_bytes() == (staged / "models" / "model.pt").read_bytes()
-    assert not (downloaded / "tests").exists()
-
-    scans = tmp_path / "scans"
-    scans.mkdir()
-    rng = np.random.default_rng(0)
-    image = rng.normal(40, 30, size=(70, 66, 9)).astype(np.int16)
-    affine = np.array([[-0.8, 0, 0, 20.0], [0, 0.78, 0, -11.0], [0, 0, 5.0, 3.0], [0, 0, 0, 1]])
-    nib.save(nib.Nifti1Image(image, affine), scans / "scan.nii.gz")
-    out_dir = tmp_path / "predictions"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-           "--meta_file", "configs/metadata.json", "--bundle_root", ".", "--dataset_dir", str(scans),
-           "--output_dir", str(out_dir), "--num_workers", "0", "--kn", json.dumps(TINY["kn"]),
-           "--patch_size", json.dumps(TINY["patch_size"])]  # fmt: skip
-    # cwd = the downloaded bundle, so `scripts` is imported from the copy, not from this checkout
-    proc = subprocess.run(cmd, cwd=downloaded, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    pred = nib.load(out_dir / "scan_seg.nii.gz")
-    assert pred.shape == image.shape
-    np.testing.assert_allclose(pred.affine, nib.load(scans / "scan.nii.gz").affine, atol=1e-4)
-    assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2}
-
-
 @pytest.mark.parametrize("missing", ["configs/metadata.json", "LICENSE"])
 def test_build_refuses_a_tree_that_is_not_a_bundle(tmp_path, missing):
-    staged = _stage(tmp_path / "bundle", weights=False)
+    staged = stage(tmp_path / "bundle", weights=False)
     (staged / missing).unlink()
     with pytest.raises(FileNotFoundError, match=missing):
         package.build(staged, tmp_path / "dist")
+
+
+def test_license_is_the_full_apache_2_text_and_docs_credit_the_authors_code():
+    text = (BUNDLE / "LICENSE").read_text()
+    assert text.lstrip().startswith("Apache License")
+    for part in ("TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION", "1. Definitions.",
+                 "4. Redistribution.", "9. Accepting Warranty or Additional Liability.", "END OF TERMS AND CONDITIONS",
+                 "Copyright 2026 MNet Bundle contributors"):  # fmt: skip
+        assert part in text, part
+    assert len(text.splitlines()) > 190
+    for doc in ("README.md", "docs/README.md"):
+        content = (BUNDLE / doc).read_text()
+        assert "github.com/zfdong-code/MNet" in content and "Apache License 2.0" in content, doc

@@ -22,7 +22,7 @@ from ignite.engine import Engine, Events
 from monai.data import NibabelWriter
 
 from scripts.checkpoints import save as atomic_torch_save
-from scripts.demo_data import write_dataset
+from scripts.demo.data import write_dataset
 from scripts.errors import BundleInputError
 from scripts.handlers import BestModelSaver, LastCheckpointSaver, ResumeHandler
 from scripts.writers import AtomicNibabelWriter

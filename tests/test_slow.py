@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_full_demo_learns(tmp_path):
-    from scripts.demo import main
+    from scripts.demo.pipeline import main
 
     main(work_dir=str(tmp_path / "demo"))
     metrics = json.loads((tmp_path / "demo" / "report" / "metrics.json").read_text())

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.demo_data import write_dataset
+from scripts.demo.data import write_dataset
 from scripts.networks.mnet import MNet
 
 BUNDLE = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
-from scripts.demo_data import write_dataset
+from scripts.demo.data import write_dataset
 
 BUNDLE = Path(__file__).resolve().parents[1]
 # verbatim copy of MONAI-extra-test-data release 0.8.1's meta_schema_20240725.json, so the check runs offline

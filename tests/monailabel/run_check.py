@@ -6,7 +6,7 @@ requirements.txt beside this file) and takes a few minutes. Steps:
 1. `monailabel apps --download --name monaibundle` into a work dir; copy the bundle to
    `apps/monaibundle/model/mnet_anisotropic_segmentation` with a tiny-width plan (kn [4,4,6,6,8], patch [64,64,8]),
    a short epoch, no loader workers, and test weights `models/model.pt` (a fresh `network_def` state dict);
-2. studies: 3 synthetic thick-slice CT volumes from scripts/demo_data.py, 2 of them labelled (labels/final);
+2. studies: 3 synthetic thick-slice CT volumes from scripts/demo/data.py, 2 of them labelled (labels/final);
 3. `monailabel start_server ... --conf models mnet_anisotropic_segmentation --conf zoo_source github --conf sam2 false`
    on 127.0.0.1 and a free port;
 4. GET /info/ (model listed, labels organ and lesion); POST /infer/<bundle>?image=<id>&output=image (label volume with
@@ -61,7 +61,7 @@ def prepare_app(work: Path) -> Path:
     subprocess.run(cmd, check=True, cwd=work)
     bundle = apps / "monaibundle" / "model" / BUNDLE_NAME
     sys.path.insert(0, str(BUNDLE_ROOT))
-    from scripts.package import bundle_files  # the exact file list of a release
+    from tools.package import bundle_files  # the exact file list of a release
 
     for rel in bundle_files(BUNDLE_ROOT):
         if rel.startswith("models/"):
@@ -96,7 +96,7 @@ def prepare_app(work: Path) -> Path:
 
 def prepare_studies(work: Path) -> tuple[Path, list[str], str]:
     """3 synthetic cases: 2 labelled (for training) and 1 unlabelled (for inference)."""
-    from scripts.demo_data import write_dataset
+    from scripts.demo.data import write_dataset
 
     data = work / "demo_data"
     datalist = json.loads(write_dataset(data, num_cases=3, num_test=1, inplane_range=(64, 80), slices_range=(8, 12))

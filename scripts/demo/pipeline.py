@@ -181,7 +181,7 @@ def common_args(work: Path, num_workers: int) -> list[str]:
 
 def ensure_data(work: Path, settings: Profile) -> Path:
     """Generate the synthetic cases (write_dataset re-uses a matching folder by itself)."""
-    from scripts.demo_data import write_dataset
+    from scripts.demo.data import write_dataset
 
     return write_dataset(work / "data", **settings.data)
 
@@ -199,10 +199,10 @@ def cpu_fit(plan: dict[str, Any], settings: Profile) -> dict[str, Any]:
     notes = list(plan["notes"])
     if settings.patch_size is not None:
         notes.append(f"patch_size: demo override {list(settings.patch_size)} instead of the planner's "
-                     f"{plan['patch_size']}, so training fits a 2-core CPU (scripts/demo.py).")
+                     f"{plan['patch_size']}, so training fits a 2-core CPU (scripts/demo/pipeline.py).")
         plan["patch_size"] = list(settings.patch_size)
     if settings.batch_size is not None:
-        notes.append(f"batch_size: demo override {settings.batch_size} (scripts/demo.py).")
+        notes.append(f"batch_size: demo override {settings.batch_size} (scripts/demo/pipeline.py).")
         plan["batch_size"] = int(settings.batch_size)
     plan["notes"] = notes
     return plan
@@ -375,7 +375,7 @@ def main(
     """
     import torch
 
-    from scripts.report import write_report
+    from scripts.demo.report import write_report
 
     overrides = {"epochs": epochs, "iterations_per_epoch": iterations_per_epoch, "val_interval": val_interval,
                  "kn": kn, "patch_size": patch_size, "learning_rate": learning_rate, "num_workers": num_workers,
@@ -407,9 +407,3 @@ def main(
                                 loss_window=settings.iterations_per_epoch)
     (work / "timings.json").write_text(json.dumps(all_timings, indent=2) + "\n")
     print_headline(work, headline, all_timings)
-
-
-if __name__ == "__main__":
-    import fire
-
-    fire.Fire(main)

@@ -1,0 +1,1 @@
+"""Release tooling (not shipped in the bundle zip)."""
