@@ -34,11 +34,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
-from monai.data import decollate_batch, list_data_collate
-
 from benchmarks.common import peak_rss_bytes, write_json
 from benchmarks.network import configure_cudnn
+from monai.bundle import ConfigParser
+from monai.data import decollate_batch, list_data_collate
 
 BUNDLE = Path(__file__).resolve().parents[1]
 
@@ -271,8 +270,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cudnn", default="benchmark", choices=["benchmark", "deterministic"], help="cuDNN mode on CUDA")
     p.add_argument("--quick", action="store_true", help="tiny volume and network, for a smoke test")
     p.add_argument("--cases", type=int, default=1, help="N > 1: run the inference evaluator over N cases")
-    p.add_argument("--compare", nargs="+", default=["[0,false]", "[2,false]", "[2,true]"],
-                   help="with --cases: [num_workers, background_writes] settings, one fresh process each")
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        default=["[0,false]", "[2,false]", "[2,true]"],
+        help="with --cases: [num_workers, background_writes] settings, one fresh process each",
+    )
     p.add_argument("--num_workers", type=int, default=2, help=argparse.SUPPRESS)
     p.add_argument("--background_writes", default="true", help=argparse.SUPPRESS)
     p.add_argument("--_one_cohort", default=None, help=argparse.SUPPRESS)

@@ -21,16 +21,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from benchmarks.common import peak_rss_bytes, write_json
 from scripts.networks.mnet import MNet
 from scripts.networks.options import MNetOptions
 from scripts.runtime import configure
+from torch import nn
 
 NUM_CLASSES = 3
 FULL_PATCH = (128, 128, 16)  # (x, y, z): MONAI layout, thick axis last; the reference's 16x128x128

@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 
 import torch
-from monai.bundle import ConfigParser
-
 from benchmarks.common import write_json
+from monai.bundle import ConfigParser
 from scripts.demo.data import write_dataset
 
 BUNDLE = Path(__file__).resolve().parents[1]

@@ -29,20 +29,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from benchmarks.network import cpu_model
 from monai.bundle import ConfigParser
 from monai.losses import DeepSupervisionLoss
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.networks.nets import DynUNet
 from monai.utils import set_determinism
 from scipy import ndimage
-from torch import nn
-
-from benchmarks.network import cpu_model
 from scripts import demo_data
 from scripts.atomic import atomic_path
 from scripts.errors import BundleInputError, install_excepthook
 from scripts.networks.mnet import MNet
 from scripts.plan import plan_dataset
+from torch import nn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_CONFIG = REPO_ROOT / "configs" / "train.json"
@@ -152,8 +151,14 @@ def write_datasets(data_dir: Path, size: Size, spacings: tuple[float, ...]) -> d
             _save(image, spacing, folder / entry["image"])
             _save(label, spacing, folder / entry["label"])
             entries[split].append(entry)
-        meta = {"name": f"StudyPhantoms{s:g}mm", "modality": {"0": "CT"}, "labels": demo_data.LABELS,
-                "licence": demo_data.LICENCE, **entries, "generator": params_key}
+        meta = {
+            "name": f"StudyPhantoms{s:g}mm",
+            "modality": {"0": "CT"},
+            "labels": demo_data.LABELS,
+            "licence": demo_data.LICENCE,
+            **entries,
+            "generator": params_key,
+        }
         with atomic_path(datalist) as tmp:
             Path(tmp).write_text(json.dumps(meta, indent=2) + "\n")
         out[s] = datalist
@@ -172,8 +177,13 @@ def pool_and_kernels(spacing: list[float], patch: list[int]) -> tuple[list[list[
     strides, kernels = [[1] * len(spacing)], []
     while True:
         finest = min(spacing)
-        group = max(([b for b in range(len(spacing)) if max(spacing[a], spacing[b]) / min(spacing[a], spacing[b]) < 2]
-                     for a in range(len(spacing))), key=len)
+        group = max(
+            (
+                [b for b in range(len(spacing)) if max(spacing[a], spacing[b]) / min(spacing[a], spacing[b]) < 2]
+                for a in range(len(spacing))
+            ),
+            key=len,
+        )
         kernels.append([3 if a in group else 1 for a in range(len(spacing))])
         pool = [a for a in range(len(spacing)) if spacing[a] / finest < 2 and size[a] >= 2 * MIN_FEATURE_MAP]
         if not pool:
@@ -185,8 +195,14 @@ def pool_and_kernels(spacing: list[float], patch: list[int]) -> tuple[list[list[
     return strides, kernels
 
 
-def dynunet(spacing: list[float], patch: list[int], in_channels: int, out_channels: int, filters: tuple[int, ...],
-            thick_axis: int | None) -> DynUNet:
+def dynunet(
+    spacing: list[float],
+    patch: list[int],
+    in_channels: int,
+    out_channels: int,
+    filters: tuple[int, ...],
+    thick_axis: int | None,
+) -> DynUNet:
     """nnU-Net-like DynUNet; with ``thick_axis`` set it is a 2D U-Net: kernels and strides act in-plane only."""
     if thick_axis is None:
         strides, kernels = pool_and_kernels(spacing, patch)
@@ -252,8 +268,9 @@ def gradient_clip(parser: ConfigParser) -> float:
     raise BundleInputError(f"{TRAIN_CONFIG}: no GradientClipHandler in train#handlers")
 
 
-def train_and_evaluate(name: str, plan: dict, split: dict, size: Size, seed: int, device: torch.device,
-                       tag: str) -> dict:
+def train_and_evaluate(
+    name: str, plan: dict, split: dict, size: Size, seed: int, device: torch.device, tag: str
+) -> dict:
     """Train one model for the budget with the recipe, then evaluate it on the held-out cases."""
     set_determinism(seed=seed)
     parser = recipe_parser(plan, split, size.iterations, device)
@@ -295,8 +312,14 @@ def train_and_evaluate(name: str, plan: dict, split: dict, size: Size, seed: int
     metrics = evaluate(net, parser, plan, device)
     final_loss = round(float(np.mean(losses[-10:])), 4)
     params = sum(p.numel() for p in net.parameters())
-    return {"model": name, "seed": seed, "train_s": round(train_s, 1), "final_loss": final_loss, "params": params,
-            **metrics}
+    return {
+        "model": name,
+        "seed": seed,
+        "train_s": round(train_s, 1),
+        "final_loss": final_loss,
+        "params": params,
+        **metrics,
+    }
 
 
 def evaluate(net: nn.Module, parser: ConfigParser, plan: dict, device: torch.device) -> dict:
@@ -328,8 +351,12 @@ def evaluate(net: nn.Module, parser: ConfigParser, plan: dict, device: torch.dev
             hd95.append(hd)
     names = [plan["labels"][str(c)] for c in range(1, n)]
     dice_c, hd_c = np.nanmean(np.array(dice), axis=0), np.nanmean(np.array(hd95), axis=0)
-    return {"dice": {k: _num(v) for k, v in zip(names, dice_c)}, "hd95": {k: _num(v) for k, v in zip(names, hd_c)},
-            "mean_dice": _num(np.nanmean(dice_c)), "cases": len(dice)}
+    return {
+        "dice": {k: _num(v) for k, v in zip(names, dice_c)},
+        "hd95": {k: _num(v) for k, v in zip(names, hd_c)},
+        "mean_dice": _num(np.nanmean(dice_c)),
+        "cases": len(dice),
+    }
 
 
 def _num(value: float) -> float | None:
@@ -340,22 +367,42 @@ def _num(value: float) -> float | None:
 # the study
 
 
-def run_dataset(datalist: Path, dataset_dir: Path, models: tuple[str, ...], size: Size, seeds: int,
-                device: torch.device, plan_path: Path, label: str, counter: list[int], total: int) -> tuple[dict, list]:
+def run_dataset(
+    datalist: Path,
+    dataset_dir: Path,
+    models: tuple[str, ...],
+    size: Size,
+    seeds: int,
+    device: torch.device,
+    plan_path: Path,
+    label: str,
+    counter: list[int],
+    total: int,
+) -> tuple[dict, list]:
     """Plan one data set, then train and evaluate every model for every seed."""
-    plan = plan_dataset(str(dataset_dir), str(datalist), output=str(plan_path), gpu_memory_gb=size.gpu_memory_gb,
-                        kn=list(size.kn), workers=0)
+    plan = plan_dataset(
+        str(dataset_dir),
+        str(datalist),
+        output=str(plan_path),
+        gpu_memory_gb=size.gpu_memory_gb,
+        kn=list(size.kn),
+        workers=0,
+    )
     split = held_out_split(Path(datalist), Path(dataset_dir))
-    log.info(f"{label}: spacing {plan['spacing']} patch {plan['patch_size']} batch {plan['batch_size']}, "
-             f"{len(split['train'])} training / {len(split['validation'])} held-out cases")
+    log.info(
+        f"{label}: spacing {plan['spacing']} patch {plan['patch_size']} batch {plan['batch_size']}, "
+        f"{len(split['train'])} training / {len(split['validation'])} held-out cases"
+    )
     runs = []
     for name in models:
         for seed in range(seeds):
             counter[0] += 1
             tag = f"[{counter[0]}/{total}] {name} @ {label} seed {seed}"
             result = train_and_evaluate(name, plan, split, size, seed, device, tag)
-            log.info(f"{tag}: mean Dice {result['mean_dice']} Dice {result['dice']} HD95 {result['hd95']} "
-                     f"({result['train_s']} s training)")
+            log.info(
+                f"{tag}: mean Dice {result['mean_dice']} Dice {result['dice']} HD95 {result['hd95']} "
+                f"({result['train_s']} s training)"
+            )
             runs.append({"data": label, **result})
     return plan, runs
 
@@ -364,13 +411,14 @@ def held_out_split(datalist: Path, dataset_dir: Path) -> dict[str, list]:
     """Train on 'training' and test on 'test' when every test case has a label (the synthetic sets); otherwise hold
     out fold 0 of 'training' (scripts.datalist's deterministic 5-fold split), as cross-validation does."""
     from monai.data import load_decathlon_datalist
-
     from scripts.datalist import load_split
 
     content = json.loads(datalist.read_text())
     if content.get("test") and all(isinstance(c, dict) and "label" in c for c in content["test"]):
-        return {key: load_decathlon_datalist(str(datalist), True, data_list_key=part, base_dir=str(dataset_dir))
-                for key, part in (("train", "training"), ("validation", "test"))}
+        return {
+            key: load_decathlon_datalist(str(datalist), True, data_list_key=part, base_dir=str(dataset_dir))
+            for key, part in (("train", "training"), ("validation", "test"))
+        }
     split = load_split(str(datalist), str(dataset_dir))
     return {"train": split["train"], "validation": split["validation"]}
 
@@ -416,20 +464,28 @@ def markdown(result: dict) -> str:
     for metric, scale, unit in (("dice", 100.0, "Dice (%)"), ("hd95", 1.0, "HD95 (mm)")):
         for cls in classes:
             lines += [f"\n{unit}, {cls}:\n\n", head]
-            lines += [f"| {m} | " + " | ".join(_cell(table[m][c][metric][cls], scale) for c in cols) + " |\n"
-                      for m in models]
+            lines += [
+                f"| {m} | " + " | ".join(_cell(table[m][c][metric][cls], scale) for c in cols) + " |\n" for m in models
+            ]
     fmus = [m for m in models if m.startswith("mnet_")]
     if len(fmus) > 1:
-        lines += ["\nFMU comparison (mean Dice %, average over the data sets; Table 2's analogue):\n\n",
-                  "| FMU | " + " | ".join(cols) + " | mean |\n|---|" + "---|" * (len(cols) + 1) + "\n"]
+        lines += [
+            "\nFMU comparison (mean Dice %, average over the data sets; Table 2's analogue):\n\n",
+            "| FMU | " + " | ".join(cols) + " | mean |\n|---|" + "---|" * (len(cols) + 1) + "\n",
+        ]
         for m in fmus:
             means = [table[m][c]["mean_dice"]["mean"] for c in cols]
             avg = np.mean([v for v in means if v is not None]) * 100 if any(v is not None for v in means) else None
-            lines.append(f"| {m[5:]} | " + " | ".join(_cell(table[m][c]["mean_dice"]) for c in cols)
-                         + f" | {'n/a' if avg is None else f'{avg:.1f}'} |\n")
-    lines.append("\nTraining time per run (s, mean): "
-                 + ", ".join(f"{m} {np.mean([r['train_s'] for r in result['runs'] if r['model'] == m]):.0f}"
-                             for m in models) + "\n")
+            lines.append(
+                f"| {m[5:]} | "
+                + " | ".join(_cell(table[m][c]["mean_dice"]) for c in cols)
+                + f" | {'n/a' if avg is None else f'{avg:.1f}'} |\n"
+            )
+    lines.append(
+        "\nTraining time per run (s, mean): "
+        + ", ".join(f"{m} {np.mean([r['train_s'] for r in result['runs'] if r['model'] == m]):.0f}" for m in models)
+        + "\n"
+    )
     return "".join(lines)
 
 
@@ -477,10 +533,18 @@ def setup_logging(path: Path) -> None:
     log.propagate = False
 
 
-def run_study(out_dir: str | Path = "study", size: str = "auto", device: str = "auto", seeds: int | None = None,
-              iterations: int | None = None, spacings: tuple[float, ...] = SPACINGS,
-              models: tuple[str, ...] | None = None, dataset_dir: str | None = None, datalist: str = "dataset.json",
-              threads: int | None = None) -> dict:
+def run_study(
+    out_dir: str | Path = "study",
+    size: str = "auto",
+    device: str = "auto",
+    seeds: int | None = None,
+    iterations: int | None = None,
+    spacings: tuple[float, ...] = SPACINGS,
+    models: tuple[str, ...] | None = None,
+    dataset_dir: str | None = None,
+    datalist: str = "dataset.json",
+    threads: int | None = None,
+) -> dict:
     """Run the study (synthetic spacings, or the user's data set) and write results.json/.md and the plot."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -521,14 +585,27 @@ def run_study(out_dir: str | Path = "study", size: str = "auto", device: str = "
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python -m benchmarks.study", *sys.argv[1:]]) if sys.argv[0].endswith("py") else None,
-        "machine": {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "device": str(dev),
-                    "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None},
-        "size": size_name, "budget": asdict(preset), "iterations": preset.iterations, "seeds": n_seeds,
-        "models": list(models), "columns": list(lists), "spacings": numeric,
-        "plans": {k: {key: v[key] for key in ("spacing", "patch_size", "batch_size", "thick_axis", "anisotropic")}
-                  for k, v in plans.items()},
-        "runs": runs, "table": summarize(runs, models, list(lists)),
+        "machine": {
+            "platform": platform.platform(),
+            "cpu": cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": str(dev),
+            "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None,
+        },
+        "size": size_name,
+        "budget": asdict(preset),
+        "iterations": preset.iterations,
+        "seeds": n_seeds,
+        "models": list(models),
+        "columns": list(lists),
+        "spacings": numeric,
+        "plans": {
+            k: {key: v[key] for key in ("spacing", "patch_size", "batch_size", "thick_axis", "anisotropic")}
+            for k, v in plans.items()
+        },
+        "runs": runs,
+        "table": summarize(runs, models, list(lists)),
         "wall_s": round(time.perf_counter() - started, 1),
     }
     with atomic_path(out / "results.json") as tmp:
@@ -536,8 +613,10 @@ def run_study(out_dir: str | Path = "study", size: str = "auto", device: str = "
     with atomic_path(out / "results.md") as tmp:
         Path(tmp).write_text(markdown(result))
     plot(result, out / "dice_vs_spacing.png")
-    log.info(f"study: done in {result['wall_s']:.0f} s; wrote {out / 'results.json'}, {out / 'results.md'}, "
-             f"{out / 'dice_vs_spacing.png'}\n{markdown(result)}")
+    log.info(
+        f"study: done in {result['wall_s']:.0f} s; wrote {out / 'results.json'}, {out / 'results.md'}, "
+        f"{out / 'dice_vs_spacing.png'}\n{markdown(result)}"
+    )
     return result
 
 
@@ -569,8 +648,18 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if a.render:
         return render(a.render)
-    run_study(a.out_dir, a.size, a.device, a.seeds, a.iterations, tuple(a.spacings), a.models, a.dataset_dir,
-              a.datalist, a.threads)
+    run_study(
+        a.out_dir,
+        a.size,
+        a.device,
+        a.seeds,
+        a.iterations,
+        tuple(a.spacings),
+        a.models,
+        a.dataset_dir,
+        a.datalist,
+        a.threads,
+    )
 
 
 if __name__ == "__main__":

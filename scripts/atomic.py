@@ -53,8 +53,10 @@ def disk_full(target: str, folder: str) -> BundleInputError:
         free = f", {shutil.disk_usage(folder).free / 2**20:.0f} MiB free"
     except OSError:
         free = ""
-    return BundleInputError(f"{target}: cannot write, no space left on the disk holding {folder}{free}; "
-                            "the previous version of the file is kept")
+    return BundleInputError(
+        f"{target}: cannot write, no space left on the disk holding {folder}{free}; "
+        "the previous version of the file is kept"
+    )
 
 
 def _looks_full(folder: str, message: str) -> bool:

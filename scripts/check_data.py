@@ -21,7 +21,6 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-
 from scripts.datalist import (
     LIST_KEYS,
     channel_names,
@@ -86,13 +85,23 @@ def _load(path: Any, problems: list[Problem]) -> _Volume | None:
         return None
     package = missing_reader(path)
     if package:
-        problems.append(Problem(path, "no reader for this format is installed", f"`pip install {package}` "
-                                "(listed in requirements-optional.txt), or the image converted to NIfTI"))
+        problems.append(
+            Problem(
+                path,
+                "no reader for this format is installed",
+                f"`pip install {package}` " "(listed in requirements-optional.txt), or the image converted to NIfTI",
+            )
+        )
         return None
     package = missing_reader(path)
     if package:
-        problems.append(Problem(path, "no reader for this format is installed", f"`pip install {package}` "
-                                "(listed in requirements-optional.txt), or the image converted to NIfTI"))
+        problems.append(
+            Problem(
+                path,
+                "no reader for this format is installed",
+                f"`pip install {package}` " "(listed in requirements-optional.txt), or the image converted to NIfTI",
+            )
+        )
         return None
     try:
         return _read(path)
@@ -123,11 +132,21 @@ def _spacing(affine: np.ndarray) -> list[float]:
 def _image_problems(path: str, vol: _Volume, in_channels: int | None, channels_from: str = "the plan") -> list[Problem]:
     problems = _spatial_problems(path, vol)
     if not problems and in_channels is not None and _channels(vol) != in_channels:
-        problems.append(Problem(path, f"{_channels(vol)} image channel(s), shape {vol.shape}",
-                                f"{in_channels} channel(s) as {channels_from} declares"))
+        problems.append(
+            Problem(
+                path,
+                f"{_channels(vol)} image channel(s), shape {vol.shape}",
+                f"{in_channels} channel(s) as {channels_from} declares",
+            )
+        )
     if not problems and min(_spacing(vol.affine)) < MIN_SPACING_MM:
-        problems.append(Problem(path, f"voxel spacing {_spacing(vol.affine)} mm is implausibly small, a header "
-                                "written in metres?", f"spacing in millimetres (>= {MIN_SPACING_MM} mm)"))
+        problems.append(
+            Problem(
+                path,
+                f"voxel spacing {_spacing(vol.affine)} mm is implausibly small, a header " "written in metres?",
+                f"spacing in millimetres (>= {MIN_SPACING_MM} mm)",
+            )
+        )
     if np.issubdtype(vol.array.dtype, np.floating):
         finite = np.isfinite(vol.array)
         bad = int(np.count_nonzero(~finite))
@@ -136,9 +155,13 @@ def _image_problems(path: str, vol: _Volume, in_channels: int | None, channels_f
         extreme = finite & ((vol.array >= MAX_INTENSITY) | (vol.array <= -MAX_INTENSITY))  # no float copy
         if extreme.any():
             value = float(vol.array[extreme].flat[0])
-            problems.append(Problem(path, f"{int(extreme.sum())} voxel(s) at {value:.3g}, a NoData fill?",
-                                    f"real intensities (|value| < {MAX_INTENSITY:g}); replace the fill by the "
-                                    "background value"))
+            problems.append(
+                Problem(
+                    path,
+                    f"{int(extreme.sum())} voxel(s) at {value:.3g}, a NoData fill?",
+                    f"real intensities (|value| < {MAX_INTENSITY:g}); replace the fill by the " "background value",
+                )
+            )
     return problems
 
 
@@ -156,8 +179,13 @@ def _label_problems(path: str, vol: _Volume, num_classes: int | None) -> list[Pr
         if outside.any():
             values = np.unique(arr[outside])
             shown = ", ".join(str(v) for v in values[:5].tolist()) + (", ..." if len(values) > 5 else "")
-            problems.append(Problem(path, f"label values [{shown}] outside the declared classes",
-                                    f"0..{num_classes - 1} ({num_classes} classes)"))
+            problems.append(
+                Problem(
+                    path,
+                    f"label values [{shown}] outside the declared classes",
+                    f"0..{num_classes - 1} ({num_classes} classes)",
+                )
+            )
     return problems
 
 
@@ -191,18 +219,26 @@ def _geometry_problems(label_path: str, image: _Volume, label: _Volume, what: st
     """Image and label must cover the same voxels in space (storage order may differ: the transforms reorient both
     to RAS), otherwise training silently learns shifted masks."""
     if sorted(image.shape[:3]) != sorted(label.shape[:3]):
-        return [Problem(label_path, f"{what} shape {label.shape[:3]} differs from the image's",
-                        f"{image.shape[:3]} like the image")]
+        return [
+            Problem(
+                label_path,
+                f"{what} shape {label.shape[:3]} differs from the image's",
+                f"{image.shape[:3]} like the image",
+            )
+        ]
     if not same_grid(image.shape, image.affine, label.shape, label.affine):
         offset = float(np.abs(_corners(image.shape, image.affine) - _corners(label.shape, label.affine)).max())
-        found = (f"{what} geometry differs from the image's in world space (spacing {_spacing(label.affine)} vs "
-                 f"{_spacing(image.affine)} mm, corner voxels up to {offset:.4g} mm apart)")
+        found = (
+            f"{what} geometry differs from the image's in world space (spacing {_spacing(label.affine)} vs "
+            f"{_spacing(image.affine)} mm, corner voxels up to {offset:.4g} mm apart)"
+        )
         return [Problem(label_path, found, f"the image's voxel positions within {AFFINE_TOL_MM} mm")]
     return []
 
 
-def check_case(case: Any, in_channels: int | None = None, num_classes: int | None = None,
-               channels_from: str = "the plan") -> list[Problem]:
+def check_case(
+    case: Any, in_channels: int | None = None, num_classes: int | None = None, channels_from: str = "the plan"
+) -> list[Problem]:
     """All problems of one datalist entry ({"image": path, "label": path} or a bare image path)."""
     if isinstance(case, (str, os.PathLike)):
         case = {"image": case}
@@ -215,8 +251,13 @@ def check_case(case: Any, in_channels: int | None = None, num_classes: int | Non
         if vol is not None:
             problems += _image_problems(os.fspath(path), vol, in_channels if len(images) == 1 else 1, channels_from)
     if len(images) > 1 and in_channels is not None and len(images) != in_channels:
-        problems.append(Problem(os.fspath(images[0]), f"{len(images)} image files",
-                                f"{in_channels} channel(s) as {channels_from} declares"))
+        problems.append(
+            Problem(
+                os.fspath(images[0]),
+                f"{len(images)} image files",
+                f"{in_channels} channel(s) as {channels_from} declares",
+            )
+        )
     first = volumes[0] if volumes[0] is not None and not _spatial_problems("", volumes[0]) else None
     for path, vol in zip(images[1:], volumes[1:]):
         if first is not None and vol is not None and not _spatial_problems("", vol):
@@ -230,8 +271,9 @@ def check_case(case: Any, in_channels: int | None = None, num_classes: int | Non
     return problems
 
 
-def check_cases(cases: Any, plan: dict | None = None, num_classes: int | None = None,
-                in_channels: int | None = None) -> list[Problem]:
+def check_cases(
+    cases: Any, plan: dict | None = None, num_classes: int | None = None, in_channels: int | None = None
+) -> list[Problem]:
     """Check every case against the plan (channels, classes); ``num_classes`` and ``in_channels`` (declared by the
     datalist) are used when there is no plan."""
     channels_from = "the plan's in_channels" if plan else "the datalist"
@@ -253,8 +295,11 @@ def _fold_problems(path: Path, dataset_dir: str, fold: int) -> list[Problem]:
         split = load_split(str(path), dataset_dir, fold=fold)
     except BundleInputError as err:
         return [_from_error(err)]
-    return [Problem(str(path), f"fold {fold}: '{k}' is empty", "a non-empty list")
-            for k in ("train", "validation") if not split[k]]
+    return [
+        Problem(str(path), f"fold {fold}: '{k}' is empty", "a non-empty list")
+        for k in ("train", "validation")
+        if not split[k]
+    ]
 
 
 def _plan_or_problem(plan: str | dict | None) -> tuple[dict | None, list[Problem]]:
@@ -268,8 +313,9 @@ def _plan_or_problem(plan: str | dict | None) -> tuple[dict | None, list[Problem
         return None, [Problem(str(plan), str(err).split(": ", 1)[-1], "a plan as in docs/plan_format.md")]
 
 
-def check_dataset(dataset_dir: str, datalist: str = "dataset.json", plan: str | dict | None = None,
-                  fold: int | None = None) -> list[Problem]:
+def check_dataset(
+    dataset_dir: str, datalist: str = "dataset.json", plan: str | dict | None = None, fold: int | None = None
+) -> list[Problem]:
     """Every problem of a data set: datalist (MSD or nnU-Net v2), plan, folds, duplicates, and each case's files."""
     plan_dict, problems = _plan_or_problem(plan)
     try:
@@ -295,12 +341,18 @@ def check_dataset(dataset_dir: str, datalist: str = "dataset.json", plan: str | 
         labels = None
     names = channel_names(found.content)
     if plan_dict and names and len(names) != plan_dict["in_channels"]:
-        problems.append(Problem(str(path), f"declares {len(names)} channel(s) but the plan has in_channels "
-                                f"{plan_dict['in_channels']}", "the same number (re-run scripts.plan?)"))
+        problems.append(
+            Problem(
+                str(path),
+                f"declares {len(names)} channel(s) but the plan has in_channels " f"{plan_dict['in_channels']}",
+                "the same number (re-run scripts.plan?)",
+            )
+        )
     cases = [case for key in LIST_KEYS for case in lists.get(key, [])]
     if cases:
-        problems += check_cases(cases, plan_dict, num_classes=len(labels) if labels else None,
-                                in_channels=len(names) if names else None)
+        problems += check_cases(
+            cases, plan_dict, num_classes=len(labels) if labels else None, in_channels=len(names) if names else None
+        )
     return list(dict.fromkeys(problems))
 
 

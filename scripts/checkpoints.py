@@ -19,7 +19,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-
 from scripts.atomic import atomic_path
 from scripts.errors import BundleInputError, install_excepthook
 
@@ -119,7 +118,7 @@ def load(path: str, map_location: Any = "cpu") -> Any:
         raise BundleInputError(f"{path}: checkpoint not found (train first, or point ckpt_path/ckpt_dir at it)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - zip, pickle and EOF errors all mean "not a usable checkpoint"
+    except Exception as err:
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise BundleInputError(f"{path}: corrupted or not a PyTorch weights file ({reason})") from None
 

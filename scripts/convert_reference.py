@@ -18,7 +18,6 @@ import sys
 
 import fire
 import torch
-
 from scripts.atomic import atomic_path
 from scripts.errors import BundleInputError, install_excepthook
 from scripts.networks.mnet import MNet
@@ -96,7 +95,7 @@ def read_checkpoint(path: str, trust: bool = False) -> dict[str, torch.Tensor]:
         raise BundleInputError(f"{path}: checkpoint not found")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=not trust)
-    except Exception as error:  # noqa: BLE001 - any unpickling failure gets one line
+    except Exception as error:
         hint = "" if trust else "; if you trust the file, add --trust_checkpoint true (nnU-Net v1 stores numpy data)"
         raise BundleInputError(f"{path}: cannot read the checkpoint ({type(error).__name__}){hint}") from None
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None

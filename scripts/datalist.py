@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from monai.data import load_decathlon_datalist, partition_dataset
-
 from scripts.errors import BundleInputError, install_excepthook
 
 install_excepthook()  # configs import this module: input errors then end the console output with one clear line

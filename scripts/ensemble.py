@@ -14,10 +14,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import nn
-
 from scripts import checkpoints as _checkpoints
 from scripts.errors import BundleInputError
+from torch import nn
 
 
 class LogitEnsemble(nn.Module):
@@ -31,8 +30,13 @@ class LogitEnsemble(nn.Module):
     just ``network(x)`` in float32. The output is (N, classes, *spatial) logits; apply softmax after blending.
     """
 
-    def __init__(self, network: nn.Module, checkpoints: Sequence[str] = (), mirror_axes: Sequence[int] = (),
-                 plan: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        network: nn.Module,
+        checkpoints: Sequence[str] = (),
+        mirror_axes: Sequence[int] = (),
+        plan: Mapping[str, Any] | None = None,
+    ):
         super().__init__()
         members = [network]
         device = next(network.parameters()).device
@@ -73,8 +77,10 @@ def _paths(value: Any) -> list[str]:
     """``ensemble_checkpoints`` must be a list of paths; a bare string (``--ensemble_checkpoints a.pt``) would be
     iterated character by character."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise BundleInputError(f"--ensemble_checkpoints: expected a list of model files, e.g. "
-                               f"\"['models/fold_1/model.pt']\", got {value!r}")
+        raise BundleInputError(
+            f"--ensemble_checkpoints: expected a list of model files, e.g. "
+            f"\"['models/fold_1/model.pt']\", got {value!r}"
+        )
     bad = [p for p in value if not isinstance(p, str) or not p]
     if bad:
         raise BundleInputError(f"--ensemble_checkpoints: every entry must be a file path, got {bad[0]!r}")

@@ -13,10 +13,9 @@ import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 from monai.engines import IterationEvents
-
-from scripts.settings import as_bool
 from scripts import checkpoints, schedule
 from scripts.errors import BundleInputError
+from scripts.settings import as_bool
 
 
 class GradientClipHandler:
@@ -49,8 +48,14 @@ class LastCheckpointSaver:
     fold, split, plan fingerprint) is stored under ``meta`` so a resume of another fold or plan is refused.
     """
 
-    def __init__(self, save_dir: str, save_dict: dict, filename: str = "checkpoint_last.pt", evaluator=None,
-                 meta: dict | None = None):
+    def __init__(
+        self,
+        save_dir: str,
+        save_dict: dict,
+        filename: str = "checkpoint_last.pt",
+        evaluator=None,
+        meta: dict | None = None,
+    ):
         self.path = os.path.join(save_dir, filename)
         self.save_dict = save_dict
         self.evaluator = evaluator
@@ -81,8 +86,14 @@ class BestModelSaver:
     written at the next validation whatever its metric. Only rank 0 writes.
     """
 
-    def __init__(self, save_dir: str, network: torch.nn.Module, filename: str = "model.pt",
-                 meta: dict | None = None, key_metric_name: str | None = None):
+    def __init__(
+        self,
+        save_dir: str,
+        network: torch.nn.Module,
+        filename: str = "model.pt",
+        meta: dict | None = None,
+        key_metric_name: str | None = None,
+    ):
         self.path = os.path.join(save_dir, filename)
         self.network = network
         self.meta = meta
@@ -154,8 +165,15 @@ class ResumeHandler:
     fold, split or plan is refused. A missing, corrupted or mismatching checkpoint stops the run with one line.
     """
 
-    def __init__(self, load_path: str, load_dict: dict, enabled: bool = True, map_location: str | None = "cpu",
-                 evaluator=None, meta: dict | None = None):
+    def __init__(
+        self,
+        load_path: str,
+        load_dict: dict,
+        enabled: bool = True,
+        map_location: str | None = "cpu",
+        evaluator=None,
+        meta: dict | None = None,
+    ):
         self.load_path = load_path
         self.load_dict = load_dict
         self.enabled = as_bool(enabled, "resume")
@@ -175,15 +193,21 @@ class ResumeHandler:
         if missing:
             raise BundleInputError(f"{self.load_path}: not a full training checkpoint, it lacks {missing}")
         checkpoints.check_resume(self.load_path, checkpoint, self.meta)
-        schedulers = {name: (obj, schedule.fresh_state(obj)) for name, obj in self.load_dict.items()
-                      if isinstance(obj, torch.optim.lr_scheduler.LRScheduler)}
+        schedulers = {
+            name: (obj, schedule.fresh_state(obj))
+            for name, obj in self.load_dict.items()
+            if isinstance(obj, torch.optim.lr_scheduler.LRScheduler)
+        }
         for name, obj in self.load_dict.items():
             obj = _unwrap(obj)
-            mismatch = checkpoints.state_dict_mismatch(checkpoint[name], obj) if isinstance(obj, torch.nn.Module) \
-                else None
+            mismatch = (
+                checkpoints.state_dict_mismatch(checkpoint[name], obj) if isinstance(obj, torch.nn.Module) else None
+            )
             if mismatch:
-                raise BundleInputError(f"{self.load_path}: '{name}' does not fit this network ({mismatch}); "
-                                       "was it trained with another plan (kn, channels, classes)?")
+                raise BundleInputError(
+                    f"{self.load_path}: '{name}' does not fit this network ({mismatch}); "
+                    "was it trained with another plan (kn, channels, classes)?"
+                )
             try:
                 obj.load_state_dict(checkpoint[name])
             except (ValueError, KeyError, RuntimeError) as err:
@@ -194,8 +218,10 @@ class ResumeHandler:
         for scheduler, fresh in schedulers.values():
             changes = schedule.refit(scheduler, fresh, done=engine.state.epoch)
             if changes:
-                engine.logger.info(f"resume: schedule changed ({', '.join(changes)}); the learning rate continues "
-                                   f"on the new schedule at {scheduler.get_last_lr()[0]:.6g}")
+                engine.logger.info(
+                    f"resume: schedule changed ({', '.join(changes)}); the learning rate continues "
+                    f"on the new schedule at {scheduler.get_last_lr()[0]:.6g}"
+                )
         if self.evaluator is not None and "best_metric" in checkpoint:
             restore_best_metric(self.evaluator, checkpoint["best_metric"])
         engine.logger.info(f"resumed from {self.load_path} at epoch {engine.state.epoch}")
@@ -248,8 +274,10 @@ class InterruptHandler:
     def interrupted(self, engine: Engine) -> None:
         self.restore()
         saved = f"; {self.ckpt_path} is intact" if os.path.isfile(self.ckpt_path) else ""
-        sys.stderr.write(f"ERROR: interrupted at epoch {engine.state.epoch}, iteration {engine.state.iteration}"
-                         f"{saved}, resume with --resume true\n")
+        sys.stderr.write(
+            f"ERROR: interrupted at epoch {engine.state.epoch}, iteration {engine.state.iteration}"
+            f"{saved}, resume with --resume true\n"
+        )
         sys.stderr.flush()
         raise Interrupted(130)
 
@@ -261,6 +289,7 @@ def _is_rank0() -> bool:
 def _unwrap(obj):
     """State dicts of DDP/DataParallel wrappers carry a 'module.' prefix; save the plain network's keys."""
     return obj.module if isinstance(obj, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)) else obj
+
 
 class CaseProgress:
     """Log a line per finished case of an evaluator run ("validation: case 3/20 done in 41.2 s: <file>"), so that

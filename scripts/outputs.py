@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from monai.data import FolderLayout, partition_dataset
-
 from scripts.errors import BundleInputError
 from scripts.settings import as_bool
 
@@ -54,8 +53,14 @@ class CaseLayout(FolderLayout):
     flat, as MONAI's own layout names them. ``cases`` are datalist entries (``{"image": ...}`` dicts or paths).
     """
 
-    def __init__(self, output_dir: str, postfix: str = "seg", extension: str = ".nii.gz",
-                 cases: Sequence[Any] | None = None, image_key: str = "image"):
+    def __init__(
+        self,
+        output_dir: str,
+        postfix: str = "seg",
+        extension: str = ".nii.gz",
+        cases: Sequence[Any] | None = None,
+        image_key: str = "image",
+    ):
         super().__init__(output_dir, postfix=postfix, extension=extension, parent=False, makedirs=False)
         self.outputs: dict[str, str] = {}
         if cases is not None:
@@ -65,8 +70,14 @@ class CaseLayout(FolderLayout):
         """Name every case's output, then check the names (before any work)."""
         images = [case_images(case, image_key)[0] for case in cases]
         folders = [os.path.dirname(os.path.abspath(p)) for p in images]
-        keep = FolderLayout(self.output_dir, postfix=self.postfix, extension=self.ext, parent=False,
-                            makedirs=False, data_root_dir=os.path.commonpath(folders) if folders else "")
+        keep = FolderLayout(
+            self.output_dir,
+            postfix=self.postfix,
+            extension=self.ext,
+            parent=False,
+            makedirs=False,
+            data_root_dir=os.path.commonpath(folders) if folders else "",
+        )
         self.outputs = {image: os.fspath(keep.filename(subject=image)) for image in images}
         self._check(cases, images)
 
@@ -86,15 +97,19 @@ class CaseLayout(FolderLayout):
                 first = owner[key]
                 if _key(first) == _key(image):
                     raise BundleInputError(f"{image}: listed twice in the images to segment")
-                raise BundleInputError(f"{self.outputs[image]}: would hold the segmentations of both {first} and "
-                                       f"{image}; rename one of them or segment them in separate runs")
+                raise BundleInputError(
+                    f"{self.outputs[image]}: would hold the segmentations of both {first} and "
+                    f"{image}; rename one of them or segment them in separate runs"
+                )
             owner[key] = image
         inputs = {_key(p): p for case in cases for p in case_inputs(case)}
         for image, output in self.outputs.items():
             clash = inputs.get(_key(output))
             if clash is not None:
-                raise BundleInputError(f"{output}: the segmentation of {image} would overwrite the input {clash}; "
-                                       "choose another --output_dir or a non-empty --output_postfix")
+                raise BundleInputError(
+                    f"{output}: the segmentation of {image} would overwrite the input {clash}; "
+                    "choose another --output_dir or a non-empty --output_postfix"
+                )
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -105,15 +120,19 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def pending_cases(cases: Sequence[Any], layout: CaseLayout, overwrite: bool = False,
-                  image_key: str = "image") -> list[Any]:
+def pending_cases(
+    cases: Sequence[Any], layout: CaseLayout, overwrite: bool = False, image_key: str = "image"
+) -> list[Any]:
     """Assign the output names of all ``cases`` to ``layout`` (checking them), then return this process's share
     (under torchrun: every case on exactly one rank, uneven shares, no padding) minus those whose output exists
     unless ``overwrite``. Split first, then skip: a rank's share does not depend on what other ranks wrote."""
     layout.assign(cases, image_key)
     rank, world = _rank_and_world()
-    share = list(cases) if world == 1 else partition_dataset(list(cases), num_partitions=world, shuffle=False,
-                                                             even_divisible=False)[rank]
+    share = (
+        list(cases)
+        if world == 1
+        else partition_dataset(list(cases), num_partitions=world, shuffle=False, even_divisible=False)[rank]
+    )
     if as_bool(overwrite, "overwrite"):
         todo = share
     else:
@@ -121,7 +140,9 @@ def pending_cases(cases: Sequence[Any], layout: CaseLayout, overwrite: bool = Fa
     where = f"rank {rank} of {world}: " if world > 1 else ""
     skipped = len(share) - len(todo)
     if skipped:
-        logger.info(f"{where}{skipped} of {len(share)} case(s) already segmented in {layout.output_dir}, skipped "
-                    "(--overwrite true redoes them)")
+        logger.info(
+            f"{where}{skipped} of {len(share)} case(s) already segmented in {layout.output_dir}, skipped "
+            "(--overwrite true redoes them)"
+        )
     logger.info(f"{where}{len(todo)} case(s) to segment")
     return todo

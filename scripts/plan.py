@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from scripts.datalist import Datalist, channel_names, class_names, datalist_cases, is_nifti, read_datalist
 from scripts.plan_file import PLAN_KEYS, PLAN_VERSION, save_plan
 
@@ -305,8 +304,10 @@ def training_entries(datalist: Datalist, dataset_dir: str | os.PathLike) -> list
     """Image/label pairs of the training list (MSD or nnU-Net v2) with absolute paths; other keys dropped."""
     training = datalist_cases(datalist, "training", dataset_dir)
     if not training:
-        raise ValueError(f"{datalist.path}: 'training' must be a non-empty list of {{'image': ..., 'label': ...}} "
-                         "entries (or, nnU-Net v2, imagesTr/labelsTr must hold cases)")
+        raise ValueError(
+            f"{datalist.path}: 'training' must be a non-empty list of {{'image': ..., 'label': ...}} "
+            "entries (or, nnU-Net v2, imagesTr/labelsTr must hold cases)"
+        )
     for i, item in enumerate(training):
         if not (isinstance(item, dict) and item.get("image") and item.get("label")):
             raise ValueError(f"{datalist.path}: training entry {i} needs both 'image' and 'label', got {item!r}")

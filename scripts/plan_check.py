@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-
 from scripts.checkpoints import plan_fingerprint
 from scripts.errors import BundleInputError
 from scripts.plan_file import DEFAULT_PLAN

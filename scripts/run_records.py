@@ -15,7 +15,6 @@ import os
 
 import torch
 from ignite.engine import Engine, Events
-
 from scripts.atomic import atomic_path
 
 LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"

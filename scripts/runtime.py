@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 from monai.utils import set_determinism
-
 from scripts.settings import as_bool
 
 

@@ -11,7 +11,6 @@ import logging
 import math
 
 import torch
-
 from scripts.errors import BundleInputError
 
 logger = logging.getLogger("mnet.schedule")

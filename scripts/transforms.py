@@ -47,8 +47,9 @@ class RandCropByLabelClassesOrRandomd(RandCropByLabelClassesd):
     def randomize(self, label, indices=None, image=None) -> None:
         cropper = self.cropper
         if indices is None:
-            indices = map_classes_to_indices(label, cropper.num_classes, image, cropper.image_threshold,
-                                             cropper.max_samples_per_class)
+            indices = map_classes_to_indices(
+                label, cropper.num_classes, image, cropper.image_threshold, cropper.max_samples_per_class
+            )
         original = cropper.ratios
         wanted = original if original is not None else [1] * len(indices)
         if any(r > 0 and len(i) > 0 for r, i in zip(wanted, indices)):

@@ -12,7 +12,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 from ignite.engine import Engine, Events
 from monai.data import ITKWriter, NibabelWriter
-
 from scripts.atomic import atomic_path
 from scripts.datalist import IMAGE_SUFFIXES, NIFTI_SUFFIXES, image_suffix
 from scripts.errors import BundleInputError

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigWorkflow
-
 from scripts.demo.data import write_dataset
 from scripts.errors import find_input_error
 from scripts.networks.mnet import MNet
@@ -28,22 +27,48 @@ TINY = ["--kn", "[4,4,6,6,8]", "--patch_size", "[32,32,8]", "--num_workers", "0"
 
 def bundle(kind: str, work: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
     """`python -m monai.bundle run` as a user types it; returns the finished process."""
-    configs = {"train": ["run", "training", "--config_file", "configs/train.json"],
-               "inference": ["run", "--config_file", "configs/inference.json"],
-               "evaluate": ["run", "--config_file", "['configs/train.json','configs/evaluate.json']"]}[kind]
+    configs = {
+        "train": ["run", "training", "--config_file", "configs/train.json"],
+        "inference": ["run", "--config_file", "configs/inference.json"],
+        "evaluate": ["run", "--config_file", "['configs/train.json','configs/evaluate.json']"],
+    }[kind]
     schedule = [] if kind == "inference" else ["--epochs", "1", "--iterations_per_epoch", "1"]
-    cmd = [sys.executable, "-m", "monai.bundle", *configs, "--meta_file", "configs/metadata.json",
-           "--logging_file", "configs/logging.conf", "--bundle_root", str(work), "--dataset_dir", str(data),
-           "--plan_file", "configs/plan.json", *schedule, *TINY, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        *configs,
+        "--meta_file",
+        "configs/metadata.json",
+        "--logging_file",
+        "configs/logging.conf",
+        "--bundle_root",
+        str(work),
+        "--dataset_dir",
+        str(data),
+        "--plan_file",
+        "configs/plan.json",
+        *schedule,
+        *TINY,
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=240)
 
 
 def in_process(configs: list[str], work: Path, data: Path, **override) -> str:
     """Run a workflow inside pytest (no interpreter start-up) and return the BundleInputError message it ends with."""
-    settings = {"bundle_root": str(work), "dataset_dir": str(data), "plan_file": str(ROOT / "configs/plan.json"),
-                "kn": [4, 4, 6, 6, 8], "patch_size": [32, 32, 8], "num_workers": 0, "epochs": 1,
-                "iterations_per_epoch": 1, **override}
+    settings = {
+        "bundle_root": str(work),
+        "dataset_dir": str(data),
+        "plan_file": str(ROOT / "configs/plan.json"),
+        "kn": [4, 4, 6, 6, 8],
+        "patch_size": [32, 32, 8],
+        "num_workers": 0,
+        "epochs": 1,
+        "iterations_per_epoch": 1,
+        **override,
+    }
     workflow = ConfigWorkflow(config_file=[str(ROOT / c) for c in configs], workflow_type=None, **settings)
     with pytest.raises(Exception) as info:
         workflow.initialize()
@@ -105,8 +130,10 @@ def test_truncated_label_and_missing_file_listed(dataset: Path, tmp_path: Path):
     (data / "imagesTr" / "case_003.nii.gz").unlink()
     message = in_process(["configs/train.json"], tmp_path / "work", data)
     assert "(+1 more problem(s) listed above)" in message
-    assert "labelsTr/case_001.nii.gz: unreadable or truncated" in message or \
-        "imagesTr/case_003.nii.gz: file not found" in message
+    assert (
+        "labelsTr/case_001.nii.gz: unreadable or truncated" in message
+        or "imagesTr/case_003.nii.gz: file not found" in message
+    )
     assert files_under(tmp_path / "work") == []
 
 
@@ -137,8 +164,13 @@ def test_checkpoint_from_another_network(dataset: Path, tmp_path: Path):
     models.mkdir(parents=True)
     torch.save(MNet(1, 3, kn=(4, 4, 6, 6, 10)).state_dict(), models / "model.pt")
     result = bundle("inference", tmp_path / "work", dataset, "--output_dir", str(tmp_path / "pred"))
-    assert_clean_failure(result, tmp_path / "pred", "model.pt: checkpoint does not fit this network",
-                         "parameter(s) differ in shape", "vs network [")
+    assert_clean_failure(
+        result,
+        tmp_path / "pred",
+        "model.pt: checkpoint does not fit this network",
+        "parameter(s) differ in shape",
+        "vs network [",
+    )
 
 
 def test_corrupted_checkpoint_in_evaluation(dataset: Path, tmp_path: Path):
@@ -153,7 +185,8 @@ def test_corrupted_checkpoint_in_evaluation(dataset: Path, tmp_path: Path):
 def test_output_folder_not_writable(dataset: Path, tmp_path: Path):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("x")
-    message = in_process(["configs/inference.json"], tmp_path / "work", dataset, output_dir=str(blocker / "pred"),
-                         load_pretrain=False)
+    message = in_process(
+        ["configs/inference.json"], tmp_path / "work", dataset, output_dir=str(blocker / "pred"), load_pretrain=False
+    )
     assert message.endswith("not_a_folder/pred: output folder cannot be created, " + str(blocker) + " is not a folder")
     assert files_under(tmp_path / "work") == []

@@ -12,12 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
-from scripts.check_data import (
-    check_dataset,
-    check_or_raise,
-    check_output_dir,
-)
+from scripts.check_data import check_dataset, check_or_raise, check_output_dir
 from scripts.errors import BundleInputError, find_input_error
 from scripts.plan_file import DEFAULT_PLAN
 
@@ -99,27 +94,45 @@ def test_every_problem_reported_at_once(broken: Path):
 
 
 def test_cli_lists_all_and_fails(broken: Path):
-    result = subprocess.run([sys.executable, "-m", "scripts.check_data", "--dataset_dir", str(broken),
-                             "--plan", str(ROOT / "configs/plan.json")], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scripts.check_data",
+            "--dataset_dir",
+            str(broken),
+            "--plan",
+            str(ROOT / "configs/plan.json"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1
     assert len(result.stdout.strip().splitlines()) == len(EXPECTED)
     assert "9 problem(s) found" in result.stderr
 
 
 def test_clean_dataset_passes_and_unusual_geometry_is_fine(tmp_path: Path):
-    cases = [good_case(tmp_path, "a"), good_case(tmp_path, "odd", shape=(7, 33, 3)),
-             good_case(tmp_path, "thick_first", shape=(3, 40, 40))]
+    cases = [
+        good_case(tmp_path, "a"),
+        good_case(tmp_path, "odd", shape=(7, 33, 3)),
+        good_case(tmp_path, "thick_first", shape=(3, 40, 40)),
+    ]
     write_datalist(tmp_path, cases)
     assert check_dataset(str(tmp_path), plan=plan(thick_axis=0)) == []
     check_or_raise(cases, plan(anisotropic=False))  # isotropic: a note, no error
 
 
-@pytest.mark.parametrize("content,message", [
-    ("{not json", "malformed JSON"),
-    ("[1, 2]", "a JSON list"),
-    ('{"training": []}', "'training' list is empty or missing"),
-    ('{"training": {"image": "a"}}', "'training' must be a list of cases"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("{not json", "malformed JSON"),
+        ("[1, 2]", "a JSON list"),
+        ('{"training": []}', "'training' list is empty or missing"),
+        ('{"training": {"image": "a"}}', "'training' must be a list of cases"),
+    ],
+)
 def test_malformed_datalist(tmp_path: Path, content: str, message: str):
     (tmp_path / "dataset.json").write_text(content)
     lines = [str(p) for p in check_dataset(str(tmp_path))]
@@ -204,8 +217,11 @@ def test_metre_spacing_and_nodata_fill_get_one_line_each(tmp_path: Path):
 
 def test_nrrd_without_its_reader_names_the_package(tmp_path: Path, monkeypatch):
     nrrd = pytest.importorskip("nrrd")
-    header = {"space": "right-anterior-superior", "space directions": np.diag([0.8, 0.8, 5.0]),
-              "space origin": [0, 0, 0]}
+    header = {
+        "space": "right-anterior-superior",
+        "space directions": np.diag([0.8, 0.8, 5.0]),
+        "space origin": [0, 0, 0],
+    }
     nrrd.write(str(tmp_path / "scan.nrrd"), np.zeros((8, 8, 3), np.int16), header)
     write_datalist(tmp_path, [{"image": str(tmp_path / "scan.nrrd")}])
     assert check_dataset(str(tmp_path)) == []

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from monai.bundle import ConfigParser
-
 from scripts.checkpoints import (
     check_checkpoint,
     check_resume,

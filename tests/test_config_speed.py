@@ -7,7 +7,6 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
-
 from scripts.demo.data import write_dataset
 from scripts.networks.options import MNetOptions
 from tests.conftest import BUNDLE_ROOT
@@ -36,7 +35,9 @@ def test_cudnn_benchmark_setting(files, flag, benchmark, restore_cudnn):
     parser.read_config([str(BUNDLE_ROOT / f) for f in files])
     parser["cudnn_benchmark"] = flag
     steps = parser["train_setup"] if "train_setup" in parser else parser["initialize"]
-    index = [i for i, step in enumerate(steps) if isinstance(step, dict) and step["_target_"] == "scripts.runtime.configure"]
+    index = [
+        i for i, step in enumerate(steps) if isinstance(step, dict) and step["_target_"] == "scripts.runtime.configure"
+    ]
     assert len(index) == 1
     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = (not benchmark), benchmark
     parser.get_parsed_content(f"{'train_setup' if 'train_setup' in parser else 'initialize'}#{index[0]}")

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-
 from scripts.convert_reference import convert, from_reference, to_reference
 from scripts.errors import BundleInputError
 from scripts.networks.mnet import MNet

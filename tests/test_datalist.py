@@ -15,7 +15,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from scripts.check_data import check_dataset
 from scripts.datalist import (
     IMAGE_SUFFIXES,
@@ -296,7 +295,6 @@ def test_nnunet_v2_trains_evaluates_and_infers_like_msd(layouts, trained_both, t
 
 def test_output_format_is_checked_before_any_case(tmp_path, monkeypatch):
     from monai.bundle import ConfigWorkflow
-
     from scripts.errors import find_input_error
     from scripts.writers import AtomicNibabelWriter, writer_for
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from scripts.demo import pipeline as demo
 from scripts.demo import report
 
@@ -62,12 +61,15 @@ def _state(tmp_path: Path, signature: dict, done: bool, last: bool) -> Path:
     return models
 
 
-@pytest.mark.parametrize("done,last,same,expected", [
-    (True, True, True, "reuse"),
-    (False, True, True, "resume"),  # interrupted: continue from checkpoint_last.pt
-    (False, False, True, "start"),
-    (True, True, False, "start"),  # other settings: the old model does not fit
-])
+@pytest.mark.parametrize(
+    "done,last,same,expected",
+    [
+        (True, True, True, "reuse"),
+        (False, True, True, "resume"),  # interrupted: continue from checkpoint_last.pt
+        (False, False, True, "start"),
+        (True, True, False, "start"),  # other settings: the old model does not fit
+    ],
+)
 def test_training_action(tmp_path, done, last, same, expected):
     signature = {"plan": "abc", "epochs": 4}
     models = _state(tmp_path, signature, done, last)
@@ -105,12 +107,16 @@ def test_pick_slices_prefers_lesions():
 
 
 def test_collect_metrics_reads_monai_csvs(tmp_path):
-    rows = {"val_mean_dice": ["0.9000", "0.5000"], "val_hd95_mm": ["3.0000", "nan"],
-            "val_surface_dice": ["0.8000", "0.0000"]}
+    rows = {
+        "val_mean_dice": ["0.9000", "0.5000"],
+        "val_hd95_mm": ["3.0000", "nan"],
+        "val_surface_dice": ["0.8000", "0.0000"],
+    }
     for tag, (organ, lesion) in rows.items():
         (tmp_path / f"{tag}_raw.csv").write_text(
             "filename,class0,class1,mean\n"
-            f"/d/imagesTs/case_001.nii.gz,{organ},{lesion},0\n/d/imagesTs/case_002.nii.gz,{organ},0.7000,0\n")
+            f"/d/imagesTs/case_001.nii.gz,{organ},{lesion},0\n/d/imagesTs/case_002.nii.gz,{organ},0.7000,0\n"
+        )
     metrics = report.collect_metrics(tmp_path, ["organ", "lesion"])
     assert list(metrics["cases"]) == ["case_001", "case_002"]
     assert metrics["mean"]["lesion"]["dice"] == pytest.approx(0.6)

@@ -12,7 +12,6 @@ import pytest
 from monai.data import load_decathlon_datalist
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
 from scipy import ndimage
-
 from scripts.demo.data import case_affine, make_case, write_dataset
 
 TINY = {"inplane_range": (40, 48), "slices_range": (8, 10)}  # small cases keep the suite fast
@@ -24,8 +23,10 @@ def _tiny_case(seed: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float, f
 
 def _items(path: Path) -> list[dict]:
     root = path.parent
-    return [*load_decathlon_datalist(path, data_list_key="training", base_dir=root),
-            *load_decathlon_datalist(path, data_list_key="test", base_dir=root)]
+    return [
+        *load_decathlon_datalist(path, data_list_key="training", base_dir=root),
+        *load_decathlon_datalist(path, data_list_key="test", base_dir=root),
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import download
-
 from tests.test_package import TINY, stage
+
 from tools import package
 
 NAME = package.BUNDLE_NAME

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 from monai.bundle import ConfigParser
-
 from scripts.checkpoints import save_model, training_meta
 from scripts.ensemble import LogitEnsemble
 from scripts.errors import BundleInputError, find_input_error

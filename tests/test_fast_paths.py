@@ -9,7 +9,6 @@ from dataclasses import asdict, fields
 import pytest
 import torch
 import torch.utils.checkpoint
-
 from scripts.networks.mnet import MNet
 from scripts.networks.options import MNetOptions, preset
 

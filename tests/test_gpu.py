@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from monai.inferers import SlidingWindowInferer
-
 from scripts.networks.mnet import MNet
 from scripts.networks.options import MNetOptions
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from ignite.engine import Engine, Events
-
 from scripts.checkpoints import training_meta
 from scripts.errors import BundleInputError
 from scripts.handlers import BestModelSaver, InterruptHandler, LastCheckpointSaver
@@ -63,9 +62,11 @@ def test_failed_best_save_keeps_previous_best(tmp_path: Path, monkeypatch, fault
     torch.nn.init.constant_(saver.network.weight, 2.0)
     with pytest.raises(
         KeyboardInterrupt if fault == "kill" else BundleInputError,
-        match=None
-        if fault == "kill"
-        else rf"{tmp_path}/model\.pt: cannot write, no space left on the disk holding {tmp_path}",
+        match=(
+            None
+            if fault == "kill"
+            else rf"{tmp_path}/model\.pt: cannot write, no space left on the disk holding {tmp_path}"
+        ),
     ):
         evaluator.run([0])
     monkeypatch.undo()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from scripts.networks.inference_kernels import conv3d, max_pool, upsample
 
 SHAPES = [(2, 3, 8, 9, 5), (1, 2, 1, 4, 3), (1, 4, 17, 16, 1), (1, 1, 2, 2, 2)]

@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigWorkflow
-
 from scripts.demo.data import write_dataset
 from scripts.ensemble import LogitEnsemble
 from scripts.errors import BundleInputError, find_input_error
@@ -87,8 +86,9 @@ def test_postprocessing_builds_without_a_dataset_and_names_unknown_files_flat(tm
 
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "inference.json"))
-    parser.update({"bundle_root": str(tmp_path), "plan_file": PLAN, "dataset_dir": str(tmp_path / "missing"),
-                   "output_dir": "/o"})
+    parser.update(
+        {"bundle_root": str(tmp_path), "plan_file": PLAN, "dataset_dir": str(tmp_path / "missing"), "output_dir": "/o"}
+    )
     parser.get_parsed_content("postprocessing")
     layout = parser.get_parsed_content("output_layout")
     assert layout.filename(subject="/studies/a/x.nii.gz") == "/o/x_seg.nii.gz"
@@ -171,8 +171,16 @@ def _volume(path: Path, shape, seed: int, affine=None) -> None:
 
 def infer(bundle: Path, dataset: Path, out: Path, **override):
     """configs/inference.json in this process; returns the workflow's final outputs (none: files are written)."""
-    settings = {"bundle_root": str(bundle), "dataset_dir": str(dataset), "output_dir": str(out), "plan_file": PLAN,
-                "kn": KN, "patch_size": PATCH, "num_workers": 0, **override}
+    settings = {
+        "bundle_root": str(bundle),
+        "dataset_dir": str(dataset),
+        "output_dir": str(out),
+        "plan_file": PLAN,
+        "kn": KN,
+        "patch_size": PATCH,
+        "num_workers": 0,
+        **override,
+    }
     workflow = ConfigWorkflow(config_file=str(BUNDLE / "configs" / "inference.json"), workflow_type=None, **settings)
     workflow.initialize()
     workflow.run()
@@ -272,11 +280,18 @@ def test_evaluation_saves_the_segmentation_that_inference_writes(tmp_path):
     bundle, data = tmp_path / "bundle", tmp_path / "data"
     _save_model(bundle)
     write_dataset(data, num_cases=7, num_test=2, seed=3, inplane_range=(44, 50), slices_range=(9, 11))
-    settings = {"bundle_root": str(bundle), "dataset_dir": str(data), "plan_file": PLAN, "kn": KN,
-                "patch_size": PATCH, "num_workers": 0}
+    settings = {
+        "bundle_root": str(bundle),
+        "dataset_dir": str(data),
+        "plan_file": PLAN,
+        "kn": KN,
+        "patch_size": PATCH,
+        "num_workers": 0,
+    }
     configs = [str(BUNDLE / "configs" / c) for c in ("train.json", "evaluate.json")]
-    evaluation = ConfigWorkflow(config_file=configs, workflow_type=None, eval_split="test", save_predictions=True,
-                                cache_rate=0, **settings)
+    evaluation = ConfigWorkflow(
+        config_file=configs, workflow_type=None, eval_split="test", save_predictions=True, cache_rate=0, **settings
+    )
     evaluation.initialize()
     evaluation.run()
     infer(bundle, data, tmp_path / "inferred")

@@ -8,7 +8,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from scripts.networks.mnet import MNet
 from scripts.plan_file import DEFAULT_PLAN, save_plan
 from tests.test_workflows import BUNDLE, bundle_run
@@ -94,8 +93,12 @@ def test_multichannel_mr_as_one_4d_nifti_plans_trains_and_infers(tmp_path):
         nib.save(nib.Nifti1Image(image.astype(np.float32), affine), data / f"c{case}.nii.gz")
         nib.save(nib.Nifti1Image(label, affine), data / f"c{case}_seg.nii.gz")
         training.append({"image": f"./c{case}.nii.gz", "label": f"./c{case}_seg.nii.gz"})
-    datalist = {"modality": {"0": "T1", "1": "T2"}, "labels": {"0": "background", "1": "tumour"},
-                "training": training, "test": [{"image": "./new.nii.gz"}]}
+    datalist = {
+        "modality": {"0": "T1", "1": "T2"},
+        "labels": {"0": "background", "1": "tumour"},
+        "training": training,
+        "test": [{"image": "./new.nii.gz"}],
+    }
     (data / "dataset.json").write_text(json.dumps(datalist))
     (data / "new.nii.gz").write_bytes((data / "c0.nii.gz").read_bytes())  # a test case must not be a training case
     assert check_dataset(str(data)) == []

@@ -38,5 +38,7 @@ def test_config_is_in_the_zoo_json_format(path):
         got_lines, want_lines = text.splitlines(), expected.splitlines()
         pairs = enumerate(zip(got_lines, want_lines))
         first = next((i for i, (got, want) in pairs if got != want), min(len(got_lines), len(want_lines)))
-        pytest.fail(f"{path.relative_to(BUNDLE)}: not in the zoo's JSON format from line {first + 1} "
-                    "(4-space indent, one item per line); run `pre-commit run pretty-format-json --all-files`")
+        pytest.fail(
+            f"{path.relative_to(BUNDLE)}: not in the zoo's JSON format from line {first + 1} "
+            "(4-space indent, one item per line); run `pre-commit run pretty-format-json --all-files`"
+        )

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from monai.bundle import ConfigParser
 from monai.losses import DiceCELoss
-
 from scripts.networks.mnet import MNet
 from tests.conftest import BUNDLE_ROOT
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from scripts.networks.mnet import MNet
 from scripts.networks.topology import mesh_topology
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from scripts.plan import decide_plan, format_table, main, plan_dataset, summarize_report, voxel_budget
 from scripts.plan_file import DEFAULT_PLAN, PLAN_KEYS, load_plan, save_plan
 

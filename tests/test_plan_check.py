@@ -10,7 +10,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from scripts.errors import BundleInputError
 from scripts.plan_check import check_training_data, is_placeholder
 from scripts.plan_file import DEFAULT_PLAN
@@ -52,7 +51,6 @@ def test_ct_data_on_mr_plan_is_refused(tmp_path: Path, caplog):
     assert "placeholder" not in caplog.text and not is_placeholder(MR_PLAN)
     with pytest.raises(
         BundleInputError,
-        match=r"ct\.nii\.gz: \d+% of the voxels are below -500 \(air in CT\), but "
-        r"the plan \(plan\) is for MR",
+        match=r"ct\.nii\.gz: \d+% of the voxels are below -500 \(air in CT\), but " r"the plan \(plan\) is for MR",
     ):
         check_training_data([scan(tmp_path, "ct", -1000.0, 60.0)], MR_PLAN)

@@ -20,7 +20,6 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 from monai.data import NibabelWriter
-
 from scripts.checkpoints import save as atomic_torch_save
 from scripts.demo.data import write_dataset
 from scripts.errors import BundleInputError
@@ -34,10 +33,33 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
 def train_cmd(work: Path, data: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.json",
-            "--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf", "--bundle_root",
-            str(work), "--dataset_dir", str(data), "--plan_file", "configs/plan.json", "--epochs", str(EPOCHS),
-            "--iterations_per_epoch", "2", "--val_interval", "100", *TINY, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        "configs/train.json",
+        "--meta_file",
+        "configs/metadata.json",
+        "--logging_file",
+        "configs/logging.conf",
+        "--bundle_root",
+        str(work),
+        "--dataset_dir",
+        str(data),
+        "--plan_file",
+        "configs/plan.json",
+        "--epochs",
+        str(EPOCHS),
+        "--iterations_per_epoch",
+        "2",
+        "--val_interval",
+        "100",
+        *TINY,
+        *extra,
+    ]
 
 
 def losses(log: str, epoch: int) -> list[str]:
@@ -59,8 +81,9 @@ def runs(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("resume")
     data = root / "data"
     write_dataset(data, num_cases=6, num_test=1, inplane_range=(32, 36), slices_range=(6, 8))
-    full = subprocess.run(train_cmd(root / "full", data), cwd=ROOT, capture_output=True, text=True, env=ENV,
-                          timeout=300)
+    full = subprocess.run(
+        train_cmd(root / "full", data), cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=300
+    )
     assert full.returncode == 0, full.stderr[-3000:]
     work, log = root / "killed", root / "killed.log"
     with open(log, "w") as out:
@@ -73,10 +96,17 @@ def runs(tmp_path_factory) -> dict:
         proc.wait()
     trainer = torch.load(last, weights_only=True)["trainer"]
     saved_epoch = trainer["iteration"] // trainer["epoch_length"]
-    resumed = subprocess.run(train_cmd(work, data, "--resume", "true"), cwd=ROOT, capture_output=True, text=True,
-                             env=ENV, timeout=300)
-    return {"full": full.stdout, "killed": log.read_text(), "still_running": still_running, "work": work,
-            "saved_epoch": saved_epoch, "resumed": resumed}
+    resumed = subprocess.run(
+        train_cmd(work, data, "--resume", "true"), cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=300
+    )
+    return {
+        "full": full.stdout,
+        "killed": log.read_text(),
+        "still_running": still_running,
+        "work": work,
+        "saved_epoch": saved_epoch,
+        "resumed": resumed,
+    }
 
 
 def test_same_seed_same_losses(runs):
@@ -183,14 +213,35 @@ def test_inference_memory_is_flat_on_many_odd_cases(tmp_path: Path):
     for i in range(n):
         shape = (int(rng.integers(3, 7)), int(rng.integers(17, 30)), int(rng.integers(17, 30)))
         data.mkdir(exist_ok=True)
-        nib.save(nib.Nifti1Image(rng.normal(0, 100, shape).astype(np.float32), np.diag([5.0, 0.8, 0.8, 1])),
-                 str(data / f"scan_{i:02d}.nii.gz"))
+        nib.save(
+            nib.Nifti1Image(rng.normal(0, 100, shape).astype(np.float32), np.diag([5.0, 0.8, 0.8, 1])),
+            str(data / f"scan_{i:02d}.nii.gz"),
+        )
     plan = json.loads((ROOT / "configs/plan.json").read_text())
     plan.update(thick_axis=0, spacing=[5.0, 0.8, 0.8], patch_size=[8, 32, 32])
     (tmp_path / "plan.json").write_text(json.dumps(plan))
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-           "--dataset_dir", str(data), "--bundle_root", str(tmp_path), "--plan_file", str(tmp_path / "plan.json"),
-           "--output_dir", str(out), "--load_pretrain", "False", "--kn", "[4,4,6,6,8]", "--num_workers", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "configs/inference.json",
+        "--dataset_dir",
+        str(data),
+        "--bundle_root",
+        str(tmp_path),
+        "--plan_file",
+        str(tmp_path / "plan.json"),
+        "--output_dir",
+        str(out),
+        "--load_pretrain",
+        "False",
+        "--kn",
+        "[4,4,6,6,8]",
+        "--num_workers",
+        "0",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
     rss = _rss_at(proc, out, [n // 3, n - 2])
     assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-3000:]
@@ -212,8 +263,14 @@ def _rss_at(proc: subprocess.Popen, out: Path, counts: list[int]) -> list[int]:
 
 def _torch_load_calls(path: Path) -> list[ast.Call]:
     tree = ast.parse(path.read_text())
-    return [node for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "load" and getattr(node.func.value, "id", "") == "torch"]
+    return [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "load"
+        and getattr(node.func.value, "id", "") == "torch"
+    ]
 
 
 def test_every_torch_load_is_weights_only():
@@ -247,16 +304,27 @@ def test_fold_1_keeps_to_its_folder_and_ctrl_c_is_one_line(tmp_path: Path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-3000:]
-    assert re.fullmatch(rf"ERROR: interrupted at epoch \d+, iteration \d+; {fold1}/checkpoint_last\.pt is intact, "
-                        r"resume with --resume true", err.strip().splitlines()[-1])
+    assert re.fullmatch(
+        rf"ERROR: interrupted at epoch \d+, iteration \d+; {fold1}/checkpoint_last\.pt is intact, "
+        r"resume with --resume true",
+        err.strip().splitlines()[-1],
+    )
     assert [(models / n).read_bytes() for n in ("model.pt", "checkpoint_last.pt")] == [b"fold 0", b"fold 0"]
     last = torch.load(fold1 / "checkpoint_last.pt", weights_only=True)
     assert last["meta"]["fold"] == 1 and len(last["meta"]["split"]["validation"]) == 1
     assert json.loads((fold1 / "model.json").read_text())["fold"] == 1
     assert not list(fold1.glob(".tmp_*"))
-    wrong = subprocess.run(train_cmd(work, data, "--ckpt_dir", str(fold1), "--resume", "true"), cwd=ROOT,
-                           capture_output=True, text=True, env=ENV, timeout=300)
+    wrong = subprocess.run(
+        train_cmd(work, data, "--ckpt_dir", str(fold1), "--resume", "true"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert wrong.returncode != 0
-    assert wrong.stderr.strip().splitlines()[-1] == (f"ERROR: {fold1}/checkpoint_last.pt: is a checkpoint of fold 1, "
-                                                     "this run trains fold 0; pass --fold 1 or start fold 0 without "
-                                                     "--resume")
+    assert wrong.stderr.strip().splitlines()[-1] == (
+        f"ERROR: {fold1}/checkpoint_last.pt: is a checkpoint of fold 1, "
+        "this run trains fold 0; pass --fold 1 or start fold 0 without "
+        "--resume"
+    )

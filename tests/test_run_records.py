@@ -9,7 +9,6 @@ import math
 import torch
 from ignite.engine import Engine, Events
 from monai.handlers import StatsHandler
-
 from scripts.run_records import LearningRateToTensorBoard, LogFile, MetricsSummaryJSON
 
 

@@ -13,7 +13,6 @@ import torch
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigWorkflow
 from monai.handlers import LrScheduleHandler
-
 from scripts.errors import BundleInputError, find_input_error
 from scripts.handlers import LastCheckpointSaver, ResumeHandler
 from scripts.schedule import check_settings

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from scripts.errors import BundleInputError
 from scripts.settings import as_bool, check_overrides
 from tests.conftest import BUNDLE_ROOT

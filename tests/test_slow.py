@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-
 from scripts.networks.mnet import MNet
 
 pytestmark = pytest.mark.slow

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from benchmarks import study
 from scripts.errors import BundleInputError
 
@@ -42,8 +41,13 @@ def test_topology_matches_nnunet_for_thick_slices():
 def test_2d_unet_convolves_and_pools_in_plane_only():
     """The 2D U-Net has no z kernel or stride (its only cross-slice path is the instance-norm statistics); the 3D
     U-Net of the same 1 mm plan convolves and pools along z."""
-    plan = {"in_channels": 1, "out_channels": 3, "spacing": [1.5, 1.5, 1.0], "patch_size": [32, 32, 16],
-            "thick_axis": 2}
+    plan = {
+        "in_channels": 1,
+        "out_channels": 3,
+        "spacing": [1.5, 1.5, 1.0],
+        "patch_size": [32, 32, 16],
+        "thick_axis": 2,
+    }
     net2d = study.build_model("unet2d", plan, study.SIZES["smoke"])
     assert all(k[2] == 1 for k in net2d.kernel_size) and all(s[2] == 1 for s in net2d.strides)
     net3d = study.build_model("unet3d", plan, study.SIZES["smoke"])

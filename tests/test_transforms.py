@@ -8,7 +8,6 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 from monai.transforms import RandCropByLabelClassesd
-
 from scripts.transforms import RandCropByLabelClassesOrRandomd
 
 ROOT = Path(__file__).resolve().parents[1]

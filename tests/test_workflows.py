@@ -18,7 +18,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from scripts.demo.data import write_dataset
 from scripts.networks.mnet import MNet
 
@@ -114,7 +113,9 @@ def test_evaluation_writes_per_case_metrics(trained, data):
     report = json.loads((out / "metrics_summary.json").read_text())
     assert report["num_cases"] == 2
     dice = report["metrics"]["val_mean_dice"]
-    assert set(dice["per_class"]) == set(json.loads((BUNDLE / "configs" / "plan.json").read_text())["labels"].values()) - {"background"}
+    assert set(dice["per_class"]) == set(
+        json.loads((BUNDLE / "configs" / "plan.json").read_text())["labels"].values()
+    ) - {"background"}
     assert abs(dice["mean"] - float(summary["val_mean_dice"])) < 1e-4
     assert (out / "evaluate.log").is_file()
 

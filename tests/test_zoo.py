@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
-
 from scripts.demo.data import write_dataset
 
 BUNDLE = Path(__file__).resolve().parents[1]
@@ -424,7 +423,6 @@ def _flatten(node, prefix=""):
             yield from _flatten(v, f"{prefix}#{i}")
     else:
         yield prefix, node
-
 
 
 def test_inference_preprocessing_survives_monailabel_image_path(tmp_path):

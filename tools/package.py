@@ -24,7 +24,6 @@ from urllib.parse import urlparse
 
 import fire
 import yaml
-
 from scripts.atomic import atomic_path
 
 BUNDLE_NAME = "mnet_anisotropic_segmentation"

@@ -374,7 +374,6 @@ def main(
         quick: tiny data and network for tests (runs in well under a minute, learns nothing useful).
     """
     import torch
-
     from scripts.demo.report import write_report
 
     overrides = {"epochs": epochs, "iterations_per_epoch": iterations_per_epoch, "val_interval": val_interval,

@@ -23,7 +23,6 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from scipy import ndimage  # noqa: E402
-
 from scripts.datalist import case_name  # noqa: E402
 
 CT_WINDOW = (-60.0, 240.0)  # level 90 / width 300 HU: organ (~100-140 HU) and its darker lesions stand out

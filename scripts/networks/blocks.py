@@ -9,10 +9,9 @@ every choice has the reference's parameters and state_dict keys.
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from scripts.networks.inference_kernels import upsample
 from scripts.networks.topology import FMU_MODES
+from torch import nn
 
 
 def axis_kernel(thick_axis: int, thick: int, other: int) -> tuple[int, int, int]:
@@ -118,4 +117,3 @@ class FeatureMerge(nn.Module):
                 merged = upsample(a - b if self.mode == "sub" else a + b, size, fast)
                 return torch.abs(merged) if self.mode == "sub" else merged
         return self.forward(upsample(a, size, fast), upsample(b, size, fast))
-

@@ -10,16 +10,14 @@ an axial scan last (the default); the authors' code assumes it first (``thick_ax
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Dict
 
 import torch
 import torch.utils.checkpoint
-from torch import nn
-
 from scripts.networks.blocks import ConvBlock, FeatureMerge, InstanceNormByGroupNorm, axis_kernel, instance_norm
 from scripts.networks.inference_kernels import InferenceConv3d, max_pool
 from scripts.networks.options import MNetOptions
 from scripts.networks.topology import NUM_LEVELS, NodeSpec, deep_supervision_sources, mesh_topology
+from torch import nn
 
 MIN_IN_PLANE = 16  # four in-plane poolings by 2
 FINAL_HEAD = "final"  # the head on up14's 2D + 3D sum; the others are named after the node they read
@@ -67,7 +65,7 @@ class MeshNode(nn.Module):
         return max_pool(x, kernel, self.fast)
 
     def _encoder_input(
-        self, image: torch.Tensor, f2d: Dict[str, torch.Tensor], f3d: Dict[str, torch.Tensor]
+        self, image: torch.Tensor, f2d: dict[str, torch.Tensor], f3d: dict[str, torch.Tensor]
     ) -> torch.Tensor:
         if self.reads_image:
             return image
@@ -78,14 +76,14 @@ class MeshNode(nn.Module):
             return x2d
         return self.merge(x2d, self._pool_3d(f3d[self.src_3d]))
 
-    def _decoder_input(self, f2d: Dict[str, torch.Tensor], f3d: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def _decoder_input(self, f2d: dict[str, torch.Tensor], f3d: dict[str, torch.Tensor]) -> torch.Tensor:
         skip_2d, skip_3d = f2d[self.skip], f3d[self.skip]
         size = list(skip_2d.shape[2:])
         up = self.merge.upsampled(f2d[self.src_2d], f3d[self.src_3d], size, self.merge_first, self.fast)
         return torch.cat([self.merge(skip_2d, skip_3d), up], dim=1)
 
     def forward(
-        self, image: torch.Tensor, f2d: Dict[str, torch.Tensor], f3d: Dict[str, torch.Tensor]
+        self, image: torch.Tensor, f2d: dict[str, torch.Tensor], f3d: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if not torch.jit.is_scripting() and self.checkpointing and self.training and torch.is_grad_enabled():
             return self._checkpointed(image, f2d, f3d)
@@ -93,13 +91,13 @@ class MeshNode(nn.Module):
 
     @torch.jit.unused
     def _checkpointed(
-        self, image: torch.Tensor, f2d: Dict[str, torch.Tensor], f3d: Dict[str, torch.Tensor]
+        self, image: torch.Tensor, f2d: dict[str, torch.Tensor], f3d: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Keep only the node's outputs; its inner activations are recomputed in backward."""
         return torch.utils.checkpoint.checkpoint(self._forward, image, f2d, f3d, use_reentrant=False)
 
     def _forward(
-        self, image: torch.Tensor, f2d: Dict[str, torch.Tensor], f3d: Dict[str, torch.Tensor]
+        self, image: torch.Tensor, f2d: dict[str, torch.Tensor], f3d: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         x = self._decoder_input(f2d, f3d) if self.decoder else self._encoder_input(image, f2d, f3d)
         out_2d = out_3d = torch.empty(0, dtype=x.dtype, device=x.device)
@@ -209,8 +207,8 @@ class MNet(nn.Module):
         full resolution, then per in-plane scale 1/2, 1/4, 1/8 the 3D-branch head and the 2D-branch head."""
         if not torch.jit.is_scripting():
             self._validate(x)
-        f2d: Dict[str, torch.Tensor] = {}
-        f3d: Dict[str, torch.Tensor] = {}
+        f2d: dict[str, torch.Tensor] = {}
+        f3d: dict[str, torch.Tensor] = {}
         for name, node in self.nodes.items():
             f2d[name], f3d[name] = node(x, f2d, f3d)
         outputs: list[torch.Tensor] = []

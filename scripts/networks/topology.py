@@ -48,9 +48,7 @@ def decoder_name(branch: int, level: int) -> str:
     return f"up{branch}{NUM_LEVELS - level}"
 
 
-def mesh_topology(
-    in_channels: int = 1, kn: Sequence[int] = (32, 48, 64, 80, 96), fmu: str = "sub"
-) -> list[NodeSpec]:
+def mesh_topology(in_channels: int = 1, kn: Sequence[int] = (32, 48, 64, 80, 96), fmu: str = "sub") -> list[NodeSpec]:
     """The 25 nodes in execution order: 15 encoder nodes level by level, then 10 decoder nodes bottom-up.
 
     Channels: encoder (b, l) maps K_{l-1} (times the FMU factor when it merges two inputs) to K_l, down11 maps the
