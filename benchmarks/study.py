@@ -36,8 +36,8 @@ from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.networks.nets import DynUNet
 from monai.utils import set_determinism
 from scipy import ndimage
-from scripts import demo_data
 from scripts.atomic import atomic_path
+from scripts.demo import data as demo_data
 from scripts.errors import BundleInputError, install_excepthook
 from scripts.networks.mnet import MNet
 from scripts.plan import plan_dataset

@@ -88,15 +88,18 @@ def network_for(state: dict[str, torch.Tensor], fmu: str = "sub", thick_axis: in
     return MNet(first.shape[1], final.shape[0], kn=kn, fmu=fmu, thick_axis=thick_axis)
 
 
-def read_checkpoint(path: str, trust: bool = False) -> dict[str, torch.Tensor]:
-    """The ``state_dict`` of an nnU-Net v1 checkpoint (or a bare state_dict). nnU-Net v1 also pickles plotting data
-    with numpy scalars, which ``weights_only`` refuses: ``--trust_checkpoint`` reads it as a full pickle."""
+def read_checkpoint(path: str) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` of an nnU-Net v1 checkpoint (or a bare state_dict), read with ``weights_only=True`` only
+    (a full pickle can run code when it is loaded)."""
     if not os.path.isfile(path):
         raise BundleInputError(f"{path}: checkpoint not found")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=not trust)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        hint = "" if trust else "; if you trust the file, add --trust_checkpoint true (nnU-Net v1 stores numpy data)"
+        hint = (
+            "; nnU-Net v1 also pickles numpy plotting data: from a file you trust, save only its weights first with "
+            "torch.save(torch.load(f, weights_only=False)['state_dict'], 'weights.pt')"
+        )
         raise BundleInputError(f"{path}: cannot read the checkpoint ({type(error).__name__}){hint}") from None
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -104,11 +107,9 @@ def read_checkpoint(path: str, trust: bool = False) -> dict[str, torch.Tensor]:
     return state
 
 
-def convert(
-    checkpoint: str, out: str = "models/model.pt", fmu: str = "sub", thick_axis: int = -1, trust_checkpoint=False
-) -> str:
+def convert(checkpoint: str, out: str = "models/model.pt", fmu: str = "sub", thick_axis: int = -1) -> str:
     """Read, convert, load strictly into an MNet of the checkpoint's widths, and write ``out`` atomically."""
-    state = from_reference(read_checkpoint(checkpoint, trust_checkpoint is True), thick_axis)
+    state = from_reference(read_checkpoint(checkpoint), thick_axis)
     net = network_for(state, fmu, thick_axis)
     try:
         net.load_state_dict(state, strict=True)

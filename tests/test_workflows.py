@@ -156,7 +156,7 @@ def test_torchrun_two_processes_on_cpu(data, tmp_path):
         "--epochs", "2", "--iterations_per_epoch", "2", "--speed_preset", "cpu", launcher=launcher, extra_env=CPU_ONLY,
     )  # fmt: skip
     last = torch.load(work / "models" / "checkpoint_last.pt", map_location="cpu", weights_only=True)
-    assert last["trainer"]["epoch"] == 2 and last["trainer"]["iteration"] == 4
+    assert last["trainer"]["iteration"] == 4 and last["trainer"]["epoch_length"] == 2  # 2 epochs of 2
     assert "Epoch: 2/2, Iter: 2/2" in result.stdout + result.stderr, "rank 0 logs every iteration"
     state = torch.load(work / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state), "DDP wrapper is stripped from the saved weights"

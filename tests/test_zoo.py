@@ -234,7 +234,7 @@ def test_ckpt_export_torchscript_round_trip(export_bundle):
     assert json.loads(extra["metadata.json"])["version"] == json.loads(Path(files["meta_file"]).read_text())["version"]
     assert "network_def" in json.loads(extra["inference.json"])
     # TorchScript runs PyTorch's own kernels (the eager-only CPU inference kernels step aside when scripted)
-    net = _network(export_bundle, **{"network_def#fast_inference": False}).eval()
+    net = _network(export_bundle, **{"speed_preset": "reference"}).eval()
     net.load_state_dict(torch.load(export_bundle / "models" / "model.pt", weights_only=True))
     x = torch.randn(1, 1, 64, 64, 8)
     with torch.no_grad():
