@@ -356,13 +356,15 @@ def check_dataset(
     return list(dict.fromkeys(problems))
 
 
-def check_or_raise(cases: Any, plan: dict | None = None, what: str = "the data", enabled: object = True) -> None:
+def check_or_raise(
+    cases: Any, plan: dict | None = None, what: str = "the data", enabled: object = True, allow_empty: bool = False
+) -> None:
     """Start-up check for the configs: log every problem, then raise one BundleInputError naming the first.
 
     Takes the data lists the workflow will really use (MONAI Label replaces them and may have no datalist file).
     """
-    if not as_bool(enabled, "check_data"):
-        return
+    if not as_bool(enabled, "check_data") or (allow_empty and cases is not None and len(cases) == 0):
+        return  # allow_empty: a re-run of inference whose every output already exists has nothing left to check
     if plan is not None and not plan.get("anisotropic", True):
         logger.info("note: the plan says the data are isotropic; MNet works, but its advantage is for thick slices")
     problems = check_cases(list(cases) if cases is not None else [], plan)

@@ -25,7 +25,7 @@ def use_amp(amp: object, device: str | torch.device) -> bool:
     return as_bool(amp, "amp") and torch.device(device).type == "cuda"
 
 
-def volume_device(volume_on_cpu: object, device: str | torch.device) -> torch.device | None:
+def volume_device(volume_on_cpu: object, device: str | torch.device) -> str | None:
     """Where the sliding window keeps the whole volume and its output: the CPU when asked (large volumes on a small
     GPU), else the compute device (``None`` = the input's device for MONAI's inferer)."""
-    return torch.device("cpu") if as_bool(volume_on_cpu, "volume_on_cpu") else None
+    return "cpu" if as_bool(volume_on_cpu, "volume_on_cpu") else None

@@ -34,13 +34,14 @@ def test_cudnn_benchmark_setting(files, flag, benchmark, restore_cudnn):
     parser = ConfigParser()
     parser.read_config([str(BUNDLE_ROOT / f) for f in files])
     parser["cudnn_benchmark"] = flag
-    steps = parser["train_setup"] if "train_setup" in parser else parser["initialize"]
+    setup = "train_setup" if "train_setup" in parser else "inference_setup"
+    steps = parser[setup]
     index = [
         i for i, step in enumerate(steps) if isinstance(step, dict) and step["_target_"] == "scripts.runtime.configure"
     ]
     assert len(index) == 1
     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = (not benchmark), benchmark
-    parser.get_parsed_content(f"{'train_setup' if 'train_setup' in parser else 'initialize'}#{index[0]}")
+    parser.get_parsed_content(f"{setup}#{index[0]}")
     assert torch.backends.cudnn.benchmark is benchmark
     assert torch.backends.cudnn.deterministic is (not benchmark)
 

@@ -48,5 +48,5 @@ def test_batch1_convolution_matches_pytorch(shape, kernel):
     with torch.no_grad():
         fast = conv3d(x, weight, bias, padding, fast=True)
         split = conv3d(x[:, :3], weight[:, :3], None, padding, fast=True)  # a non-contiguous weight slice
-    torch.testing.assert_close(fast, F.conv3d(x, weight, bias, 1, padding), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(split, F.conv3d(x[:, :3], weight[:, :3], None, 1, padding), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast, F.conv3d(x, weight, bias, 1, padding), rtol=1e-4, atol=5e-5)
+    torch.testing.assert_close(split, F.conv3d(x[:, :3], weight[:, :3], None, 1, padding), rtol=1e-4, atol=5e-5)

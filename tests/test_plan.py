@@ -216,7 +216,7 @@ def test_decide_plan_rejects_mixed_channels_and_empty_labels():
 def test_default_plan_round_trip(tmp_path):
     path = save_plan(DEFAULT_PLAN, tmp_path / "sub" / "plan.json")
     assert load_plan(path) == DEFAULT_PLAN
-    assert path.read_text().startswith('{\n  "plan_version": 1,')
+    assert path.read_text().startswith('{\n    "plan_version": 1,')
     assert [p.name for p in path.parent.iterdir()] == ["plan.json"]  # no temp file left behind
 
 

@@ -108,7 +108,8 @@ def test_zero_batch_size_stops_before_any_work(tmp_path: Path):
         dataset_dir=str(tmp_path / "none"),
         batch_size=0,
     )
+    workflow.initialize()  # resolves nothing: the checks run first in `run`, before any data is read
     with pytest.raises(Exception) as info:
-        workflow.initialize()
+        workflow.run()
     assert str(find_input_error(info.value)) == "--batch_size: must be a positive integer, got 0"
     assert not (tmp_path / "models").exists()

@@ -238,7 +238,7 @@ def test_ckpt_export_torchscript_round_trip(export_bundle):
     net.load_state_dict(torch.load(export_bundle / "models" / "model.pt", weights_only=True))
     x = torch.randn(1, 1, 64, 64, 8)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(x), net(x))
+        torch.testing.assert_close(loaded(x), net(x), rtol=1e-4, atol=2e-4)  # exported with the CPU preset
 
 
 def test_onnx_export_cli_matches_pytorch(export_bundle):

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]  # scripts/demo/pipeline.py -> the bundle root
 STARTED, DONE = "demo_train_started.json", "demo_train_done.json"
 
 
