@@ -89,17 +89,7 @@ def _load(path: Any, problems: list[Problem]) -> _Volume | None:
             Problem(
                 path,
                 "no reader for this format is installed",
-                f"`pip install {package}` " "(listed in requirements-optional.txt), or the image converted to NIfTI",
-            )
-        )
-        return None
-    package = missing_reader(path)
-    if package:
-        problems.append(
-            Problem(
-                path,
-                "no reader for this format is installed",
-                f"`pip install {package}` " "(listed in requirements-optional.txt), or the image converted to NIfTI",
+                f"`pip install {package}` (listed in requirements-optional.txt), or the image converted to NIfTI",
             )
         )
         return None
