@@ -46,6 +46,7 @@ VARIANTS: dict[str, tuple[dict | None, bool, bool]] = {
     "mnet+group_norm+channels_last": ({"group_norm": True}, True, False),
     "mnet+merge_first": ({"merge_first": True}, False, False),
     "mnet+cpu": (CPU, False, False),
+    "mnet+cpu-channels_last": ({**CPU, "channels_last": False}, False, False),  # the CPU preset before 2026-12-02
     "mnet+checkpointing": ({"checkpointing": True}, False, False),
     "mnet+group_norm+checkpointing": ({"group_norm": True, "checkpointing": True}, False, False),
     "mnet+compile": ({}, False, True),

@@ -107,6 +107,18 @@ def test_torchscript_keeps_options():
         torch.testing.assert_close(scripted(x), eager.eval()(x), rtol=1e-5, atol=1e-5)
 
 
+def test_channels_last_changes_the_layout_and_survives_loading():
+    """The option is not a no-op: conv weights, activations and the output are channels_last_3d, and loading a plain
+    state_dict (or a checkpoint saved by a plain net) keeps that layout."""
+    plain, fast = _pair(SINGLE["channels_last"])
+    convs = [m.weight for m in fast.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last_3d) for w in convs)
+    assert not any(m.weight.is_contiguous(memory_format=torch.channels_last_3d) and not m.weight.is_contiguous()
+                   for m in plain.modules() if isinstance(m, torch.nn.Conv3d))  # fmt: skip
+    out = fast.train()(torch.randn(2, 1, 16, 16, 8))[0]
+    assert out.is_contiguous(memory_format=torch.channels_last_3d) and not out.is_contiguous()
+
+
 @pytest.mark.parametrize("options,train,grad,calls", [
     (SINGLE["checkpointing"], True, True, 25),  # one per mesh node
     (SINGLE["checkpointing"], False, True, 0),  # eval: nothing to recompute

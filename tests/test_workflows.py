@@ -168,6 +168,28 @@ def test_torchrun_two_processes_on_cpu(data, tmp_path):
     assert len(rows) == 1 + 2, "both ranks' cases are gathered into one table"
 
 
+RANK0_ONLY = {"StatsHandler", "TensorBoardStatsHandler", "scripts.run_records.LearningRateToTensorBoard",
+              "scripts.run_records.LogFile", "scripts.run_records.MetricsSummaryJSON", "scripts.handlers.BestModelSaver"}
+
+
+def test_rank0_only_handlers_are_marked_where_defined():
+    """Rank-0 handlers carry ``_disabled_: @is_not_rank0`` themselves; the overlays set only ``is_not_rank0``, so a
+    handler added to train.json cannot shift which ones the overlays disable (they used list indices)."""
+    configs = {name: json.loads((BUNDLE / "configs" / f"{name}.json").read_text()) for name in ("train", "evaluate")}
+    lists = [configs["train"]["train"]["handlers"], configs["train"]["validate"]["handlers"],
+             configs["evaluate"]["validate#handlers"]]  # fmt: skip
+    marked = [h["_target_"] for handlers in lists for h in handlers if h.get("_disabled_") == "@is_not_rank0"]
+    unmarked = [h["_target_"] for handlers in lists for h in handlers if h.get("_disabled_") != "@is_not_rank0"]
+    assert set(marked) == RANK0_ONLY and not RANK0_ONLY & set(unmarked)
+    assert "MetricsSaver" in unmarked, "MetricsSaver gathers from every rank, so it must run on every rank"
+    checks = {s["_target_"] for s in configs["train"]["train_setup"] if isinstance(s, dict) and "_disabled_" in s}
+    assert checks == {"scripts.check_data.check_or_raise", "scripts.plan_check.check_training_data"}
+    assert configs["train"]["is_not_rank0"] is False
+    for overlay in ("multi_gpu_train", "multi_gpu_evaluate"):
+        keys = json.loads((BUNDLE / "configs" / f"{overlay}.json").read_text())
+        assert not [k for k in keys if k.endswith("#_disabled_")] and keys["is_not_rank0"] == "$dist.get_rank() > 0"
+
+
 def test_torchrun_failure_is_one_line(data, tmp_path):
     """A bad input under torchrun ends in the one-line message, not a RecursionError wall from the excepthook."""
     cmd = [*TORCHRUN, "monai.bundle", "run", "--config_file",

@@ -170,6 +170,9 @@ class MNet(nn.Module):
         self.heads = nn.ModuleDict({name: nn.Conv3d(c, out_channels, 1, bias=False) for name, c in heads.items()})
         if init == "he":
             self.apply(_he_init)
+        self.channels_last = options.channels_last
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last_3d)
 
     def check_input_size(self, spatial: Sequence[int]) -> None:
         """Raise a ValueError naming the axis that is too small (in-plane >= 16; > 1 voxel at the deepest node)."""
@@ -207,6 +210,8 @@ class MNet(nn.Module):
         full resolution, then per in-plane scale 1/2, 1/4, 1/8 the 3D-branch head and the 2D-branch head."""
         if not torch.jit.is_scripting():
             self._validate(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         f2d: dict[str, torch.Tensor] = {}
         f3d: dict[str, torch.Tensor] = {}
         for name, node in self.nodes.items():

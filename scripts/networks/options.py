@@ -21,12 +21,15 @@ class MNetOptions:
     (exact: interpolation is linear).
     fast_inference: with autograd off on the CPU, exact x2 pooling/upsampling on strided views and oneDNN for batch-1
     convolutions (``inference_kernels.py``).
-    checkpointing: in training, recompute each mesh node's activations in backward instead of storing them."""
+    checkpointing: in training, recompute each mesh node's activations in backward instead of storing them.
+    channels_last: weights and activations in ``torch.channels_last_3d``; oneDNN's convolutions (above all their
+    backward) run faster on that layout on the CPU (docs/benchmarks.md)."""
 
     group_norm: bool = False
     merge_first: bool = False
     fast_inference: bool = False
     checkpointing: bool = False
+    channels_last: bool = False
 
     @classmethod
     def reference(cls) -> MNetOptions:
@@ -36,7 +39,7 @@ class MNetOptions:
     @classmethod
     def cpu(cls) -> MNetOptions:
         """Measured fastest on the CPU (docs/benchmarks.md)."""
-        return cls(group_norm=True, merge_first=True, fast_inference=True)
+        return cls(group_norm=True, merge_first=True, fast_inference=True, channels_last=True)
 
     @classmethod
     def gpu(cls) -> MNetOptions:
