@@ -13,6 +13,7 @@ takes PyTorch's op.
 # no `from __future__ import annotations`: TorchScript cannot resolve string annotations of a jit.unused function
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 MKLDNN = torch.backends.mkldnn.is_available()
 
@@ -82,7 +83,7 @@ def _double(x: torch.Tensor, dim: int) -> torch.Tensor:
     return out.flatten(dim, dim + 1)
 
 
-class InferenceConv3d(torch.nn.Conv3d):
+class InferenceConv3d(nn.Conv3d):
     """``nn.Conv3d`` (stride 1, same parameters and state_dict) whose batch-1 CPU inference runs through oneDNN."""
 
     def __init__(self, *args, **kwargs):
