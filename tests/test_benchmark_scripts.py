@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from benchmarks import inference, pipeline
+import torch
+from benchmarks import conv_layouts, inference, pipeline
 
 
 def test_inference_benchmark_quick(tmp_path):
@@ -34,3 +35,22 @@ def test_inference_benchmark_cohort_quick(tmp_path):
     for run in runs:
         assert run["cases"] == 2 and run["written"] == 2
         assert 0 < run["network_busy_share"] <= 1 and run["peak_rss_main_mb"] > 0
+
+
+def test_conv_layouts_compute_the_same_convolution(tmp_path, monkeypatch):
+    """Every layout the benchmark times computes the same output and gradients (else the timings compare different
+    work), and the script writes one row per level."""
+    cases = conv_layouts.level_cases(4, 8, 3, torch.device("cpu"))
+    outputs = {}
+    for name in ("conv3d_331", "conv3d_331_channels_last", "conv3d_133_thick_first", "conv2d_view"):
+        y = cases[name]().detach()
+        y = y.permute(0, 1, 3, 4, 2) if name == "conv3d_133_thick_first" else y
+        if name == "conv2d_view":
+            y = y.reshape(2, 3, 4, 8, 8).permute(0, 2, 3, 4, 1)
+        outputs[name] = y
+    for name, y in outputs.items():
+        torch.testing.assert_close(y, outputs["conv3d_331"], rtol=1e-5, atol=1e-5, msg=name)
+    monkeypatch.setattr(conv_layouts, "LEVELS", [(4, 8, 3)])
+    conv_layouts.main(["--repeats", "1", "--out", str(tmp_path / "conv.json")])
+    saved = json.loads((tmp_path / "conv.json").read_text())
+    assert len(saved["rows"]) == 1 and set(saved["rows"][0]["ms"]) == set(conv_layouts.LAYOUTS)
