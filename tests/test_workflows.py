@@ -168,8 +168,14 @@ def test_torchrun_two_processes_on_cpu(data, tmp_path):
     assert len(rows) == 1 + 2, "both ranks' cases are gathered into one table"
 
 
-RANK0_ONLY = {"StatsHandler", "TensorBoardStatsHandler", "scripts.run_records.LearningRateToTensorBoard",
-              "scripts.run_records.LogFile", "scripts.run_records.MetricsSummaryJSON", "scripts.handlers.BestModelSaver"}
+RANK0_ONLY = {
+    "StatsHandler",
+    "TensorBoardStatsHandler",
+    "scripts.run_records.LearningRateToTensorBoard",
+    "scripts.run_records.LogFile",
+    "scripts.run_records.MetricsSummaryJSON",
+    "scripts.handlers.BestModelSaver",
+}
 
 
 def test_rank0_only_handlers_are_marked_where_defined():
