@@ -195,6 +195,16 @@ def test_datalist_entry_may_be_a_series_folder(tmp_path):
     assert check_case(cases[0], in_channels=1) == []
 
 
+def test_several_series_folders_are_the_channels_of_one_case(tmp_path):
+    for name, seed in (("t1", 0), ("t2", 1)):
+        write_series(tmp_path / name, phantom(seed))
+    case = {"image": [str(tmp_path / "t1"), str(tmp_path / "t2")]}
+    image = LoadImage(image_only=True, ensure_channel_first=True)(case["image"])
+    assert tuple(image.shape) == (2, *SHAPE)
+    np.testing.assert_array_equal(image[1].numpy(), phantom(1))
+    assert check_case(case, in_channels=2) == []
+
+
 # --- checks ----------------------------------------------------------------------------------------------------------
 
 
