@@ -32,6 +32,7 @@ from scripts.datalist import (
     overlap_problems,
     read_datalist,
 )
+from scripts.dicom import is_series_folder, series_problems
 from scripts.errors import BundleInputError, install_excepthook
 from scripts.settings import as_bool
 
@@ -64,7 +65,8 @@ class _Volume:
 
 
 def _read(path: str) -> _Volume:
-    """Header and array; NIfTI through nibabel (fast, no ITK), other formats through MONAI's LoadImage."""
+    """Header and array; NIfTI through nibabel (fast, no ITK), other formats and DICOM series folders through
+    MONAI's LoadImage, as the workflows read them."""
     if is_nifti(path):
         img = nib.load(path)
         return _Volume(tuple(img.shape), np.asarray(img.affine, float), np.asanyarray(img.dataobj))
@@ -80,7 +82,10 @@ def _load(path: Any, problems: list[Problem]) -> _Volume | None:
         problems.append(Problem(str(path), "not a file path", "a path string"))
         return None
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if os.path.isdir(path) and not is_series_folder(path):
+        problems.append(Problem(path, "a folder without DICOM files", "an image file or a DICOM series folder"))
+        return None
+    if not os.path.exists(path):
         problems.append(Problem(path, "file not found", "an existing file; datalist paths are relative to dataset_dir"))
         return None
     package = missing_reader(path)
@@ -93,6 +98,11 @@ def _load(path: Any, problems: list[Problem]) -> _Volume | None:
             )
         )
         return None
+    if os.path.isdir(path):
+        found = series_problems(path)
+        problems += [Problem(path, problem) for problem in found]
+        if found:
+            return None
     try:
         return _read(path)
     except Exception as err:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from monai.data import load_decathlon_datalist, partition_dataset
+from scripts.dicom import is_dicom_file, is_series_folder
 from scripts.errors import BundleInputError, install_excepthook
 
 install_excepthook()  # configs import this module: input errors then end the console output with one clear line
@@ -263,7 +264,9 @@ def load_split(datalist_file: str, dataset_dir: str, fold: int = 0, num_folds: i
 def folder_images(folder: str | os.PathLike) -> list[dict]:
     """Folder mode's rule: every image file directly in ``folder`` (suffixes of IMAGE_SUFFIXES in any case), except
     hidden files and names ending in a LABEL_MARKERS word (``x_label.nrrd``, earlier ``x_seg.nii.gz`` outputs); files
-    named ``<case>_0000``, ``<case>_0001``... (nnU-Net) form one multi-channel case. Broken links are an error."""
+    named ``<case>_0000``, ``<case>_0001``... (nnU-Net) form one multi-channel case. Broken links are an error.
+    DICOM: ``folder`` itself when it directly holds DICOM files (one series), and every sub-folder that does (a
+    folder of series folders); such a folder is the case's image, read by MONAI as one series."""
     root = Path(folder)
     if root.is_file():
         raise BundleInputError(
@@ -272,9 +275,17 @@ def folder_images(folder: str | os.PathLike) -> list[dict]:
         )
     if not root.is_dir():
         raise BundleInputError(f"{root}: input folder not found")
-    images, skipped = [], []
+    images, skipped = [str(root)] if _holds_slices(root) else [], []
     for entry in sorted(root.iterdir()):
-        if entry.name.startswith(".") or not image_suffix(entry.name):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir() and is_series_folder(entry):
+            if entry.name.lower().endswith(LABEL_MARKERS):
+                skipped.append(entry.name)
+            else:
+                images.append(str(entry))
+            continue
+        if not image_suffix(entry.name):
             continue
         if entry.is_symlink() and not entry.exists():
             raise BundleInputError(f"{entry}: broken symbolic link (its target {os.readlink(entry)} does not exist)")
@@ -288,10 +299,21 @@ def folder_images(folder: str | os.PathLike) -> list[dict]:
         logger.info(f"{root}: not segmented (label or output names): {', '.join(skipped)}")
     if not images:
         raise BundleInputError(
-            f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) found and no datalist given"
+            f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) or DICOM series folders found and no datalist given"
             + (f"; skipped label/output files {', '.join(skipped[:3])}" if skipped else "")
         )
     return _group_channels(images)
+
+
+def _holds_slices(folder: Path) -> bool:
+    """``folder`` is itself a series: it directly holds DICOM files other than earlier outputs (``x_seg.dcm``)."""
+    return any(
+        entry.is_file()
+        and not entry.name.startswith(".")
+        and not re.sub(r"\.dcm$", "", entry.name, flags=re.IGNORECASE).lower().endswith(LABEL_MARKERS)
+        and is_dicom_file(entry)
+        for entry in sorted(folder.iterdir())
+    )
 
 
 def _group_channels(images: list[str]) -> list[dict]:
@@ -327,10 +349,11 @@ READER_PACKAGES = {
 
 
 def missing_reader(path: str | os.PathLike) -> str | None:
-    """The pip package to install when no reader for ``path``'s format is importable, else None."""
+    """The pip package to install when no reader for ``path``'s format is importable, else None (a folder is a
+    DICOM series: the bundle checks its headers with pydicom, and MONAI reads it with PydicomReader or ITKReader)."""
     import importlib
 
-    options = READER_PACKAGES.get(image_suffix(path).lower(), ())
+    options = (("pydicom", "pydicom"),) if os.path.isdir(path) else READER_PACKAGES.get(image_suffix(path).lower(), ())
     for module, _ in options:
         try:
             importlib.import_module(module)

@@ -4,10 +4,12 @@ MONAI's SaveImage names an output after the input's file name only, so `case_000
 `case_00001/imaging.nii.gz` (the KiTS layout) both became `imaging_seg.nii.gz`, the second overwriting the first.
 `CaseLayout` keeps each input's folders below the inputs' common folder (MONAI's own ``data_root_dir`` rule), and
 refuses, before any work, names that still collide (`x.nii` beside `x.nii.gz`) or that equal an input file (output
-folder = input folder with an empty postfix). It is also the ``folder_layout`` that SaveImaged writes with, so the
-names checked here are the names written. `pending_cases` gives this process its share of the cases (torchrun:
-every case on exactly one rank) and skips those whose output already exists (outputs are written atomically, so an
-existing output is complete).
+folder = input folder with an empty postfix), and outputs inside an input DICOM series folder (the next read would
+stack them as slices). A series folder's output is named after the whole folder name (`1.2.840.5/` ->
+`1.2.840.5_seg.dcm`; MONAI would cut it at the last dot, as if it were a suffix). It is also the ``folder_layout``
+that SaveImaged writes with, so the names checked here are the names written. `pending_cases` gives this process its
+share of the cases (torchrun: every case on exactly one rank) and skips those whose output already exists (outputs
+are written atomically, so an existing output is complete).
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ def case_inputs(case: Any) -> list[str]:
         values = value if isinstance(value, (list, tuple)) else [value]
         paths += [os.fspath(v) for v in values if isinstance(v, (str, os.PathLike))]
     return paths
+
+
+def _subject(image: str) -> str:
+    """What MONAI's FolderLayout names an output after: it strips a suffix, which a series folder does not have."""
+    return image + ".series" if os.path.isdir(image) else image
 
 
 def _key(path: str) -> str:
@@ -78,12 +85,12 @@ class CaseLayout(FolderLayout):
             makedirs=False,
             data_root_dir=os.path.commonpath(folders) if folders else "",
         )
-        self.outputs = {image: os.fspath(keep.filename(subject=image)) for image in images}
+        self.outputs = {image: os.fspath(keep.filename(subject=_subject(image))) for image in images}
         self._check(cases, images)
 
     def filename(self, subject: Any = "subject", idx=None, **kwargs) -> str:
         known = self.outputs.get(os.fspath(subject)) if idx is None and not kwargs else None
-        return known if known is not None else os.fspath(super().filename(subject, idx, **kwargs))
+        return known if known is not None else os.fspath(super().filename(_subject(os.fspath(subject)), idx, **kwargs))
 
     def output_of(self, case: Any, image_key: str = "image") -> str:
         """The file this case's segmentation is written to."""
@@ -103,12 +110,19 @@ class CaseLayout(FolderLayout):
                 )
             owner[key] = image
         inputs = {_key(p): p for case in cases for p in case_inputs(case)}
+        series = [(_key(p), p) for p in inputs.values() if os.path.isdir(p)]
         for image, output in self.outputs.items():
             clash = inputs.get(_key(output))
             if clash is not None:
                 raise BundleInputError(
                     f"{output}: the segmentation of {image} would overwrite the input {clash}; "
                     "choose another --output_dir or a non-empty --output_postfix"
+                )
+            inside = next((p for key, p in series if os.path.commonpath([key, _key(output)]) == key), None)
+            if inside is not None:
+                raise BundleInputError(
+                    f"{output}: the segmentation of {image} would be written into the DICOM series folder "
+                    f"{inside}, where the next read would take it for a slice; choose another --output_dir"
                 )
 
 

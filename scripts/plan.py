@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from scripts.datalist import Datalist, channel_names, class_names, datalist_cases, is_nifti, read_datalist
+from scripts.dicom import is_series_folder
 from scripts.plan_file import PLAN_KEYS, PLAN_VERSION, save_plan
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -333,7 +334,7 @@ def check_files(entries: list[dict[str, Any]], source: Path) -> None:
     for entry in entries:
         for key in ("image", "label"):
             for path in entry[key] if isinstance(entry[key], list) else [entry[key]]:
-                if not os.path.isfile(path):
+                if not (os.path.isfile(path) or is_series_folder(path)):  # a DICOM series is a folder
                     raise ValueError(f"{source}: {key} file not found: {path}")
         images = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
         counts = [_nifti_channels(p) for p in images]

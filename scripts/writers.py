@@ -1,23 +1,33 @@
 """Image writers that never leave a half-written prediction under its final name, the output format check,
-and a background postprocessing that keeps inversion and writing off the network's critical path."""
+and a background postprocessing that keeps inversion and writing off the network's critical path.
+
+The output format is ``output_format``: a file extension (``.nii.gz``, the default, follows ``output_ext``) or
+``dicom_seg`` (DICOM SEG referencing the input series, scripts/dicom_seg.py, written as ``<case>_seg.dcm``)."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
 from monai.data import ITKWriter, NibabelWriter
 from scripts.atomic import atomic_path
 from scripts.datalist import IMAGE_SUFFIXES, NIFTI_SUFFIXES, image_suffix
+from scripts.dicom import is_series_folder, require
+from scripts.dicom_seg import DicomSegWriter
 from scripts.errors import BundleInputError
+from scripts.outputs import case_images
 from scripts.settings import as_bool
 
 ITK_OUTPUTS = tuple(s for s in IMAGE_SUFFIXES if s not in NIFTI_SUFFIXES)  # MONAI writes these only through ITK
+DICOM_SEG = "dicom_seg"
+DICOM_SEG_EXT = ".dcm"
 
 
 class _AtomicWrite:
@@ -38,23 +48,49 @@ class AtomicITKWriter(_AtomicWrite, ITKWriter):
     """ITKWriter (NRRD, MetaImage), written temp-then-rename."""
 
 
-def writer_for(output_ext: str) -> type:
-    """The writer class for ``--output_ext``, checked when the config is built (before the first case), so an
-    unsupported or uninstalled output format fails at start-up in one line instead of after the whole inference."""
-    ext = str(output_ext).lower()
-    if ext in NIFTI_SUFFIXES:
+class AtomicDicomSegWriter(_AtomicWrite, DicomSegWriter):
+    """DICOM SEG, written temp-then-rename."""
+
+
+def output_extension(output_format: str) -> str:
+    """The file extension the outputs of ``output_format`` get (the output names are checked before any work)."""
+    return DICOM_SEG_EXT if str(output_format).lower() == DICOM_SEG else str(output_format)
+
+
+def writer_for(output_format: str, cases: Sequence[Any] | None = None, labels: dict | None = None) -> Callable:
+    """The writer for ``--output_format`` / ``--output_ext``, checked when the config is built (before the first
+    case), so an unsupported or uninstalled output format fails at start-up in one line instead of after the whole
+    inference. With ``cases`` (the images to segment) DICOM SEG is also refused unless every image is a DICOM series:
+    a SEG has no geometry of its own, it points into its source series. ``labels`` name the SEG's segments."""
+    fmt = str(output_format).lower()
+    if fmt == DICOM_SEG:
+        require("pydicom", "--output_format dicom_seg: writing DICOM SEG")
+        require("highdicom", "--output_format dicom_seg: writing DICOM SEG")
+        for case in cases or []:
+            image = case_images(case)[0]
+            if not is_series_folder(image):
+                raise BundleInputError(
+                    f"{image}: --output_format dicom_seg needs DICOM series as input (a SEG references "
+                    "its source slices), this is not a DICOM series folder; use the default --output_ext .nii.gz"
+                )
+        return functools.partial(AtomicDicomSegWriter, labels=labels)
+    option = "--output_ext" if fmt.startswith(".") else "--output_format"
+    if fmt in NIFTI_SUFFIXES:
         return AtomicNibabelWriter
-    if ext in ITK_OUTPUTS:
+    if fmt in ITK_OUTPUTS:
         try:
             importlib.import_module("itk")
         except ImportError:
             raise BundleInputError(
-                f"--output_ext {output_ext}: writing {ext} needs the itk package (`pip install "
+                f"{option} {output_format}: writing {fmt} needs the itk package (`pip install "
                 "itk`, listed in requirements-optional.txt); or use .nii.gz"
             ) from None
         return AtomicITKWriter
     supported = ", ".join(IMAGE_SUFFIXES)
-    raise BundleInputError(f"--output_ext {output_ext}: unsupported output format (supported: {supported})")
+    raise BundleInputError(
+        f"{option} {output_format}: unsupported output format (supported: {supported}; "
+        f"--output_format {DICOM_SEG} for DICOM input)"
+    )
 
 
 class BackgroundPostprocessing:

@@ -58,3 +58,29 @@ def test_docs_name_the_current_release_zip():
             if found != current:
                 stale.append(f"{doc.relative_to(BUNDLE)}: v{found}")
     assert not stale, f"metadata.json version is {current}; docs name {stale}"
+
+
+def _requirement_file_pins(name: str) -> dict[str, str]:
+    pins = {}
+    for line in (BUNDLE / name).read_text().splitlines():
+        package, sep, pinned = line.split("#")[0].strip().partition("==")
+        if sep:
+            pins[package.strip().lower()] = pinned.strip()
+    return pins
+
+
+def test_optional_packages_are_pinned_alike_and_installed_at_their_pin():
+    """metadata.json's optional_packages_version (what the zoo CI and MONAI deploy tools install beside the required
+    pins) equals requirements-optional.txt; requirements-dev.txt installs the same versions for `make test`, and
+    where one is installed (not in the py310 venv, which has the runtime pins only) it is that version."""
+    optional = {k.lower(): v for k, v in _metadata().get("optional_packages_version", {}).items()}
+    assert optional, "pydicom and highdicom (DICOM in, DICOM SEG out) are declared"
+    listed, dev = _requirement_file_pins("requirements-optional.txt"), _requirement_file_pins("requirements-dev.txt")
+    for name, pinned in optional.items():
+        assert listed.get(name) == pinned, f"requirements-optional.txt: {name}=={listed.get(name)}, metadata {pinned}"
+        assert dev.get(name) == pinned, f"requirements-dev.txt: {name}=={dev.get(name)}, metadata {pinned}"
+        try:
+            installed = version(name)
+        except PackageNotFoundError:
+            continue
+        assert installed.split("+", 1)[0] == pinned, f"{name}: installed {installed}, metadata.json pins {pinned}"
