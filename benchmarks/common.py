@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import resource
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 
 def peak_rss_bytes() -> int:
@@ -26,3 +30,14 @@ def write_json(result: dict, out: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
     print(f"wrote {path}")
+
+
+def timed(fn: Callable[[], None], device: torch.device) -> float:
+    """Seconds one call of ``fn`` takes, with CUDA's queue drained before and after (kernels run asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start

@@ -12,33 +12,18 @@ block's 3x3x3 conv3d contiguous and in ``channels_last_3d``. Best of ``--repeats
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import torch
 import torch.nn.functional as F
-from benchmarks.common import write_json
+from benchmarks.common import timed, write_json
 
 # (channels, in-plane size, thick-axis depth) of MNet's first three levels at the 128x128x16 benchmark patch
 LEVELS = [(32, 128, 16), (48, 64, 16), (64, 32, 8)]
 LAYOUTS = ["conv3d_331", "conv3d_331_channels_last", "conv3d_133_thick_first", "conv2d_view", "conv3d_333",
            "conv3d_333_channels_last"]  # fmt: skip
-
-
-def _time(fn: Callable[[], None], repeats: int, device: torch.device) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 @dataclass
@@ -104,7 +89,10 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for channels, size, depth in LEVELS[: args.levels]:
         cases = level_cases(channels, size, depth, device)
-        ms = {name: round(1000 * _time(cases[name].forward_backward, args.repeats, device), 2) for name in LAYOUTS}
+        ms = {}
+        for name in LAYOUTS:
+            cases[name].forward_backward()  # warm-up: oneDNN/cuDNN pick and cache their kernels
+            ms[name] = round(1000 * min(timed(cases[name].forward_backward, device) for _ in range(args.repeats)), 2)
         rows.append({"channels": channels, "shape": [2, channels, size, size, depth], "ms": ms})
     header = "| level (N, C, H, W, D) | " + " | ".join(LAYOUTS) + " |"
     print(f"{datetime.now().isoformat(timespec='seconds')}  torch {torch.__version__}  {device}  "

@@ -19,14 +19,12 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from benchmarks.common import peak_rss_bytes, write_json
+from benchmarks.common import peak_rss_bytes, timed, write_json
 from scripts.networks.mnet import MNet
 from scripts.networks.options import MNetOptions
 from scripts.runtime import configure
@@ -38,18 +36,18 @@ QUICK_PATCH = (64, 64, 8)
 MNET_DS_WEIGHTS = (1, 0.5, 0.5, 0.25, 0.25, 0.125, 0.125)  # the reference trainer's, normalised below
 CPU = asdict(MNetOptions.cpu())  # what the configs' `speed_preset` picks on the CPU
 
-# name -> (MNetOptions fields or None for DynUNet, use channels_last_3d, use torch.compile)
-VARIANTS: dict[str, tuple[dict | None, bool, bool]] = {
-    "dynunet": (None, False, False),
-    "mnet": ({}, False, False),
-    "mnet+group_norm": ({"group_norm": True}, False, False),
-    "mnet+group_norm+channels_last": ({"group_norm": True}, True, False),
-    "mnet+merge_first": ({"merge_first": True}, False, False),
-    "mnet+cpu": (CPU, False, False),
-    "mnet+cpu-channels_last": ({**CPU, "channels_last": False}, False, False),  # the CPU preset before 2026-12-02
-    "mnet+checkpointing": ({"checkpointing": True}, False, False),
-    "mnet+group_norm+checkpointing": ({"group_norm": True, "checkpointing": True}, False, False),
-    "mnet+compile": ({}, False, True),
+# name -> (MNetOptions fields or None for DynUNet, use torch.compile); the layout is the options' `channels_last`
+VARIANTS: dict[str, tuple[dict | None, bool]] = {
+    "dynunet": (None, False),
+    "mnet": ({}, False),
+    "mnet+group_norm": ({"group_norm": True}, False),
+    "mnet+group_norm+channels_last": ({"group_norm": True, "channels_last": True}, False),
+    "mnet+merge_first": ({"merge_first": True}, False),
+    "mnet+cpu": (CPU, False),
+    "mnet+cpu-channels_last": ({**CPU, "channels_last": False}, False),  # the CPU preset before 2026-12-02
+    "mnet+checkpointing": ({"checkpointing": True}, False),
+    "mnet+group_norm+checkpointing": ({"group_norm": True, "checkpointing": True}, False),
+    "mnet+compile": ({}, True),
 }
 # the peer, the reference path, the configs' CPU settings step by step, and the memory option
 DEFAULT_MODELS = ["dynunet", "mnet", "mnet+group_norm", "mnet+cpu", "mnet+group_norm+checkpointing"]
@@ -108,16 +106,14 @@ class Runner:
     def __init__(
         self, name: str, device: torch.device, patch: tuple[int, int, int], amp_dtype: torch.dtype = torch.float16
     ):
-        _, channels_last, compile_it = VARIANTS[name]
+        _, compile_it = VARIANTS[name]
         self.name, self.device = name, device
         self.base = build(name).to(device)
-        fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
-        self.base = self.base.to(memory_format=fmt)
         self.model = torch.compile(self.base) if compile_it else self.base
         self.optimizer = torch.optim.SGD(self.base.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
         generator = torch.Generator().manual_seed(0)
-        self.x_train = torch.randn(2, 1, *patch, generator=generator).to(device, memory_format=fmt)
-        self.x_infer = torch.randn(1, 1, *patch, generator=generator).to(device, memory_format=fmt)
+        self.x_train = torch.randn(2, 1, *patch, generator=generator).to(device)
+        self.x_infer = torch.randn(1, 1, *patch, generator=generator).to(device)
         self.target = torch.randint(0, NUM_CLASSES, (2, 1, *patch), generator=generator).float().to(device)
         self.amp = device.type == "cuda"
         self.amp_dtype = amp_dtype
@@ -141,16 +137,6 @@ class Runner:
         self.model.eval()
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             self.model(self.x_infer)
-
-
-def timed(fn: Callable[[], None], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def forward_gflop(name: str, patch: tuple[int, int, int]) -> float:
@@ -251,7 +237,7 @@ def _warm_up(runners: dict[str, Runner], device: torch.device) -> dict[str, floa
             del runners[name]
             continue
         print(f"{name}: first train step + inference {first:.1f} s", file=sys.stderr, flush=True)  # progress
-        if VARIANTS[name][2]:
+        if VARIANTS[name][1]:
             compile_s[name] = round(first, 2)
     return compile_s
 
@@ -285,8 +271,8 @@ def run_benchmark(
             {
                 "name": name,
                 "options": VARIANTS[name][0],
-                "channels_last": VARIANTS[name][1],
-                "compiled": VARIANTS[name][2],
+                "channels_last": bool((VARIANTS[name][0] or {}).get("channels_last")),
+                "compiled": VARIANTS[name][1],
                 "compile_s": compile_s.get(name),
                 "params": sum(p.numel() for p in runners[name].base.parameters()),
                 "gflop_fwd": round(gflop, 2),

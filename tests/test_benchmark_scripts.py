@@ -54,3 +54,20 @@ def test_conv_layouts_compute_the_same_convolution(tmp_path, monkeypatch):
     conv_layouts.main(["--repeats", "1", "--out", str(tmp_path / "conv.json")])
     saved = json.loads((tmp_path / "conv.json").read_text())
     assert len(saved["rows"]) == 1 and set(saved["rows"][0]["ms"]) == set(conv_layouts.LAYOUTS)
+
+
+def test_network_benchmark_runs_the_preset_layout():
+    """The benchmark measures the configs' CPU preset as built, channels_last weights included (it used to convert
+    every variant to its own layout flag, which turned the preset's channels_last back into contiguous)."""
+    from benchmarks.network import Runner
+
+    def conv_weights_channels_last(name: str) -> set[bool]:
+        base = Runner(name, torch.device("cpu"), (16, 16, 8)).base
+        return {
+            m.weight.is_contiguous(memory_format=torch.channels_last_3d) and not m.weight.is_contiguous()
+            for m in base.modules()
+            if isinstance(m, torch.nn.Conv3d) and m.weight.shape[1] > 1 and m.weight.shape[2:].numel() > 1
+        }
+
+    assert conv_weights_channels_last("mnet+cpu") == {True}
+    assert conv_weights_channels_last("mnet+cpu-channels_last") == {False}
