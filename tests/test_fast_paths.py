@@ -4,7 +4,7 @@ be at most 5x the plain float32 path's error)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 
 import pytest
 import torch
@@ -117,6 +117,21 @@ def test_channels_last_changes_the_layout_and_survives_loading():
                    for m in plain.modules() if isinstance(m, torch.nn.Conv3d))  # fmt: skip
     out = fast.train()(torch.randn(2, 1, 16, 16, 8))[0]
     assert out.is_contiguous(memory_format=torch.channels_last_3d) and not out.is_contiguous()
+
+
+def test_channels_last_leaves_the_cpu_inference_path_as_it_was():
+    """With the CPU preset, inference runs the same kernels in the same layout as without channels_last, bit for bit:
+    in channels_last its result depended on the thread count (torchrun's 1-thread processes gave other labels than one
+    2-thread process, tests/test_inference_outputs.py)."""
+    torch.manual_seed(0)
+    layout = MNet(1, 3, kn=TINY, options=MNetOptions.cpu()).eval()
+    plain = MNet(1, 3, kn=TINY, options=replace(MNetOptions.cpu(), channels_last=False)).eval()
+    plain.load_state_dict(layout.state_dict())
+    x = torch.randn(1, 1, 48, 48, 8)
+    with torch.no_grad():
+        out = layout(x)
+        assert out.is_contiguous()
+        assert torch.equal(out, plain(x))
 
 
 @pytest.mark.parametrize("options,train,grad,calls", [

@@ -39,7 +39,18 @@ def _onednn_conv3d(
 ) -> torch.Tensor:
     if not MKLDNN:
         return F.conv3d(x, weight, bias, 1, padding)
-    return torch.ops.aten.mkldnn_convolution(x, weight.contiguous(), bias, padding, [1, 1, 1], [1, 1, 1], 1)
+    return torch.ops.aten.mkldnn_convolution(x, _row_major(weight), bias, padding, [1, 1, 1], [1, 1, 1], 1)
+
+
+def _row_major(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with plain row-major strides. oneDNN picks the output layout from the weight's strides, and a
+    channels_last weight of a 1-channel conv counts as contiguous, so ``.contiguous()`` would keep its strides and the
+    whole inference would run channels_last (with results that then depend on the thread count)."""
+    expected, step = [], 1
+    for size in reversed(t.shape):
+        expected.insert(0, step)
+        step *= size
+    return t if list(t.stride()) == expected else t.clone(memory_format=torch.contiguous_format)
 
 
 def max_pool(x: torch.Tensor, kernel: list[int], fast: bool = False) -> torch.Tensor:

@@ -210,8 +210,8 @@ class MNet(nn.Module):
         full resolution, then per in-plane scale 1/2, 1/4, 1/8 the 3D-branch head and the 2D-branch head."""
         if not torch.jit.is_scripting():
             self._validate(x)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
+        if self.channels_last and self.training:  # inference keeps its layout: no gain measured, and the same
+            x = x.contiguous(memory_format=torch.channels_last_3d)  # kernels as before whatever the thread count
         f2d: dict[str, torch.Tensor] = {}
         f3d: dict[str, torch.Tensor] = {}
         for name, node in self.nodes.items():

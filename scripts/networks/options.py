@@ -22,8 +22,8 @@ class MNetOptions:
     fast_inference: with autograd off on the CPU, exact x2 pooling/upsampling on strided views and oneDNN for batch-1
     convolutions (``inference_kernels.py``).
     checkpointing: in training, recompute each mesh node's activations in backward instead of storing them.
-    channels_last: weights and activations in ``torch.channels_last_3d``; oneDNN's convolutions (above all their
-    backward) run faster on that layout on the CPU (docs/benchmarks.md)."""
+    channels_last: weights, and in training the activations, in ``torch.channels_last_3d``; oneDNN's convolution
+    backward runs faster on that layout on the CPU (docs/benchmarks.md). Inference keeps the input's layout."""
 
     group_norm: bool = False
     merge_first: bool = False
