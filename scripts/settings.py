@@ -75,21 +75,8 @@ def _config_ids(path: Path) -> dict[str, Any]:
     return content if isinstance(content, dict) else {}
 
 
-def check_overrides(argv: list[str] | None = None) -> None:
-    """Refuse ``--key`` overrides that no config file of this run defines, and booleans that are neither true nor
-    false. Runs first in every workflow's ``initialize``; a no-op unless called by ``python -m monai.bundle``."""
-    argv = sys.argv if argv is None else argv
-    if not argv or not Path(argv[0]).as_posix().endswith("monai/bundle/__main__.py"):
-        return  # called from Python (MONAI Label, tests): the caller's keyword overrides are checked by the caller
-    pairs = _parse_cli(argv[1:])
-    if pairs.get("args_file"):
-        from monai.bundle import ConfigParser
-
-        pairs.update(ConfigParser.load_config_file(pairs["args_file"]))
-    defaults: dict[str, Any] = {"_meta_": {}}
-    for config in _as_files(pairs.get("config_file") or []):
-        defaults.update(_config_ids(Path(config)))
-    known = _known_run_args() | set(defaults)
+def _check(pairs: dict[str, Any], defaults: dict[str, Any], known: set[str]) -> None:
+    """One line for the first setting no config of this run defines, or a boolean that is neither true nor false."""
     for name, value in pairs.items():
         top = name.split("#", 1)[0]
         if top not in known:
@@ -101,3 +88,61 @@ def check_overrides(argv: list[str] | None = None) -> None:
             )
         if isinstance(defaults.get(name), bool) and value is not None:  # a bare --flag is True
             as_bool(value, name)
+
+
+def _running_workflow() -> Any:
+    """The ``ConfigWorkflow`` whose ``initialize``/``run`` is evaluating this call, found on the call stack (its
+    parser holds the merged config and the keyword overrides); None when called otherwise (MONAI Label's parser)."""
+    from monai.bundle import ConfigWorkflow
+
+    frame = inspect.currentframe()
+    while frame is not None:
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, ConfigWorkflow):
+            return candidate
+        frame = frame.f_back
+    return None
+
+
+def _check_keyword_overrides(workflow: Any) -> None:
+    """``ConfigWorkflow(config_file=..., epoch=3)`` / ``monai.bundle.run(..., epoch=3)``: MONAI keeps neither the
+    file names nor the overrides apart from the merged config, so the loaded files are the bundle's configs (next to
+    the first one) all of whose ids are present; ids that none of them defines came from a keyword override."""
+    present = workflow.parser.config
+    if not isinstance(present, dict):
+        return
+    defaults: dict[str, Any] = {"_meta_": {}}
+    for path in sorted(Path(workflow.config_root_path).glob("*.json")):
+        ids = _config_ids(path)
+        if ids and {name.split("#", 1)[0] for name in ids} <= set(present):
+            defaults.update(ids)
+    known = {name.split("#", 1)[0] for name in defaults}
+    extra = {name: present[name] for name in present if name not in known}
+    _check(extra, defaults, _known_run_args() | known)
+    typed = {
+        name: present[name]
+        for name in defaults
+        if name in present and not (isinstance(present[name], str) and present[name][:1] in "$@%")
+    }
+    _check(typed, defaults, set(present))  # a keyword ``resume="ture"`` is one line too
+
+
+def check_overrides(argv: list[str] | None = None) -> None:
+    """Refuse overrides that no config file of this run defines, and booleans that are neither true nor false.
+    Runs first in every workflow's set-up: from ``python -m monai.bundle`` it reads the command line; from Python it
+    finds the running ``ConfigWorkflow`` and checks its keyword overrides."""
+    argv = sys.argv if argv is None else argv
+    if not argv or not Path(argv[0]).as_posix().endswith("monai/bundle/__main__.py"):
+        workflow = _running_workflow()
+        if workflow is not None:
+            _check_keyword_overrides(workflow)
+        return
+    pairs = _parse_cli(argv[1:])
+    if pairs.get("args_file"):
+        from monai.bundle import ConfigParser
+
+        pairs.update(ConfigParser.load_config_file(pairs["args_file"]))
+    defaults: dict[str, Any] = {"_meta_": {}}
+    for config in _as_files(pairs.get("config_file") or []):
+        defaults.update(_config_ids(Path(config)))
+    _check(pairs, defaults, _known_run_args() | set(defaults))

@@ -65,8 +65,7 @@ def in_process(configs: list[str], work: Path, data: Path, **override) -> str:
         "kn": [4, 4, 6, 6, 8],
         "patch_size": [32, 32, 8],
         "num_workers": 0,
-        "epochs": 1,
-        "iterations_per_epoch": 1,
+        **({"epochs": 1, "iterations_per_epoch": 1} if "configs/train.json" in configs else {}),
         **override,
     }
     workflow = ConfigWorkflow(config_file=[str(ROOT / c) for c in configs], workflow_type=None, **settings)

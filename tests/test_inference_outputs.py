@@ -251,7 +251,7 @@ def test_torchrun_splits_cases_and_matches_one_process(tmp_path):
     _save_model(bundle)
     for i in range(5):
         _volume(scans / f"s{i}.nii.gz", (40, 36 + 2 * i, 9), seed=i)
-    infer(bundle, scans, tmp_path / "single", background_writes=False)
+    infer(bundle, scans, tmp_path / "single")
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2", "-m"]
     result = bundle_run(
         "--config_file", "['configs/inference.json','configs/multi_gpu_inference.json']",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -82,3 +83,41 @@ def test_excepthook_installed_once_survives_a_wrapping_hook(monkeypatch, capsys)
     except RuntimeError as exc:
         errors.sys.excepthook(type(exc), exc, exc.__traceback__)  # no RecursionError
     assert "RuntimeError: plain failure" in capsys.readouterr().err
+
+
+def _workflow(configs: list[str], **overrides):
+    from monai.bundle import ConfigWorkflow
+
+    files = [str(BUNDLE_ROOT / "configs" / c) for c in configs]
+    return ConfigWorkflow(config_file=files, workflow_type=None, **overrides)
+
+
+@pytest.mark.parametrize("configs,overrides,message", [
+    (["train.json"], {"epoch": 3}, r"--epoch: unknown setting.*did you mean --epochs\?"),
+    (["train.json"], {"ckpt_path": "models/x.pt"}, "--ckpt_path: unknown setting"),  # inference's id
+    (["train.json"], {"tta_mirror_axes": "[0]"}, "--tta_mirror_axes: unknown setting"),  # evaluation/inference id
+    (["inference.json"], {"cache_rate": 1.0}, "--cache_rate: unknown setting"),
+    (["train.json"], {"resume": "ture"}, "--resume: expected true or false, got 'ture'"),
+])  # fmt: skip
+def test_keyword_overrides_of_python_callers_are_checked_at_run(configs, overrides, message):
+    """ConfigWorkflow / monai.bundle.run callers pass overrides as keywords; MONAI merges them silently, so the
+    set-up step finds the running workflow and refuses what its configs do not define, before any work."""
+    from scripts.errors import find_input_error
+
+    workflow = _workflow(configs, **overrides)
+    workflow.initialize()
+    with pytest.raises(Exception) as info:  # MONAI wraps it in "Failed to instantiate component ..."
+        workflow.run()
+    assert re.search(message, str(find_input_error(info.value))), info.value
+
+
+@pytest.mark.parametrize("configs,overrides", [
+    (["train.json"], {"epochs": 2, "resume": "false", "train#handlers#0#_disabled_": True}),
+    (["train.json", "evaluate.json"], {"eval_split": "validation"}),
+    (["train.json", "multi_gpu_train.json"], {}),
+    (["inference.json"], {"output_dir": "out", "tta_mirror_axes": "[0]"}),
+])  # fmt: skip
+def test_keyword_overrides_the_configs_define_pass(configs, overrides):
+    from scripts.settings import _check_keyword_overrides
+
+    _check_keyword_overrides(_workflow(configs, **overrides))
