@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -20,6 +19,7 @@ from monai.bundle import ConfigWorkflow
 from scripts.demo.data import write_dataset
 from scripts.errors import find_input_error
 from scripts.networks.mnet import MNet
+from tests.bundle_cli import bundle_command
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--kn", "[4,4,6,6,8]", "--patch_size", "[32,32,8]", "--num_workers", "0"]
@@ -33,25 +33,7 @@ def bundle(kind: str, work: Path, data: Path, *extra: str) -> subprocess.Complet
         "evaluate": ["run", "--config_file", "['configs/train.json','configs/evaluate.json']"],
     }[kind]
     schedule = [] if kind == "inference" else ["--epochs", "1", "--iterations_per_epoch", "1"]
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        *configs,
-        "--meta_file",
-        "configs/metadata.json",
-        "--logging_file",
-        "configs/logging.conf",
-        "--bundle_root",
-        str(work),
-        "--dataset_dir",
-        str(data),
-        "--plan_file",
-        "configs/plan.json",
-        *schedule,
-        *TINY,
-        *extra,
-    ]
+    cmd = [*bundle_command(*configs, work=work, data=data), *schedule, *TINY, *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=240)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -28,6 +29,20 @@ def _mr_plan(path, in_channels: int) -> None:
     save_plan(plan, path)
 
 
+def train_two_channels_and_infer(data: Path, plan: Path, tmp_path: Path) -> Path:
+    """One-iteration training on a 2-channel dataset (the model must have learned 2 input channels), then inference
+    on its test cases; returns the output folder."""
+    work = tmp_path / "work"
+    common = ["--bundle_root", str(work), "--plan_file", str(plan), "--dataset_dir", str(data), *TINY]
+    bundle_run("training", "--config_file", "configs/train.json", "--meta_file", "configs/metadata.json", *common,
+               "--epochs", "1", "--iterations_per_epoch", "1")  # fmt: skip
+    state = torch.load(work / "models" / "model.pt", map_location="cpu", weights_only=True)
+    MNet(2, 2, kn=(4, 4, 6, 6, 8)).load_state_dict(state)
+    out = tmp_path / "pred"
+    bundle_run("--config_file", "configs/inference.json", *common, "--output_dir", str(out))
+    return out
+
+
 def test_multichannel_mr_as_list_of_files_trains_and_infers(tmp_path):
     rng = np.random.default_rng(0)
     data = tmp_path / "data"
@@ -47,14 +62,7 @@ def test_multichannel_mr_as_list_of_files_trains_and_infers(tmp_path):
     (data / "dataset.json").write_text(json.dumps({"training": training, "test": test}))
     plan = tmp_path / "plan.json"
     _mr_plan(plan, in_channels=2)
-    work = tmp_path / "work"
-    common = ["--bundle_root", str(work), "--plan_file", str(plan), "--dataset_dir", str(data), *TINY]
-    bundle_run("training", "--config_file", "configs/train.json", "--meta_file", "configs/metadata.json", *common,
-               "--epochs", "1", "--iterations_per_epoch", "1")  # fmt: skip
-    state = torch.load(work / "models" / "model.pt", map_location="cpu", weights_only=True)
-    MNet(2, 2, kn=(4, 4, 6, 6, 8)).load_state_dict(state)  # two input channels were learned
-    out = tmp_path / "pred"
-    bundle_run("--config_file", "configs/inference.json", *common, "--output_dir", str(out))
+    out = train_two_channels_and_infer(data, plan, tmp_path)
     pred = nib.load(out / "c0_t1_seg.nii.gz")
     assert pred.shape == (40, 40, 9)
 
@@ -105,13 +113,6 @@ def test_multichannel_mr_as_one_4d_nifti_plans_trains_and_infers(tmp_path):
     assert plan_dataset(str(data), output=str(tmp_path / "planned.json"), workers=0)["in_channels"] == 2
     plan = tmp_path / "plan.json"
     _mr_plan(plan, in_channels=2)
-    work = tmp_path / "work"
-    common = ["--bundle_root", str(work), "--plan_file", str(plan), "--dataset_dir", str(data), *TINY]
-    bundle_run("training", "--config_file", "configs/train.json", "--meta_file", "configs/metadata.json", *common,
-               "--epochs", "1", "--iterations_per_epoch", "1")  # fmt: skip
-    state = torch.load(work / "models" / "model.pt", map_location="cpu", weights_only=True)
-    MNet(2, 2, kn=(4, 4, 6, 6, 8)).load_state_dict(state)  # two input channels were learned
-    out = tmp_path / "pred"
-    bundle_run("--config_file", "configs/inference.json", *common, "--output_dir", str(out))
+    out = train_two_channels_and_infer(data, plan, tmp_path)
     pred = nib.load(out / "new_seg.nii.gz")
     assert pred.shape == (40, 40, 9)

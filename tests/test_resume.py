@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from scripts.demo.data import write_dataset
 from scripts.errors import BundleInputError
 from scripts.handlers import BestModelSaver, LastCheckpointSaver, ResumeHandler
 from scripts.writers import AtomicNibabelWriter
+from tests.bundle_cli import bundle_command
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS, LR, POWER = 3, 0.01, 0.9
@@ -34,29 +34,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 def train_cmd(work: Path, data: Path, *extra: str) -> list[str]:
     return [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "training",
-        "--config_file",
-        "configs/train.json",
-        "--meta_file",
-        "configs/metadata.json",
-        "--logging_file",
-        "configs/logging.conf",
-        "--bundle_root",
-        str(work),
-        "--dataset_dir",
-        str(data),
-        "--plan_file",
-        "configs/plan.json",
-        "--epochs",
-        str(EPOCHS),
-        "--iterations_per_epoch",
-        "2",
-        "--val_interval",
-        "100",
+        *bundle_command("run", "training", "--config_file", "configs/train.json", work=work, data=data),
+        *["--epochs", str(EPOCHS), "--iterations_per_epoch", "2", "--val_interval", "100"],
         *TINY,
         *extra,
     ]
@@ -221,26 +200,10 @@ def test_inference_memory_is_flat_on_many_odd_cases(tmp_path: Path):
     plan.update(thick_axis=0, spacing=[5.0, 0.8, 0.8], patch_size=[8, 32, 32])
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        "configs/inference.json",
-        "--dataset_dir",
-        str(data),
-        "--bundle_root",
-        str(tmp_path),
-        "--plan_file",
-        str(tmp_path / "plan.json"),
-        "--output_dir",
-        str(out),
-        "--load_pretrain",
-        "False",
-        "--kn",
-        "[4,4,6,6,8]",
-        "--num_workers",
-        "0",
+        *bundle_command(
+            "run", "--config_file", "configs/inference.json", work=tmp_path, data=data, plan=tmp_path / "plan.json"
+        ),
+        *["--output_dir", str(out), "--load_pretrain", "False", "--kn", "[4,4,6,6,8]", "--num_workers", "0"],
     ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
     rss = _rss_at(proc, out, [n // 3, n - 2])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from monai.handlers import LrScheduleHandler
 from scripts.errors import BundleInputError, find_input_error
 from scripts.handlers import LastCheckpointSaver, ResumeHandler
 from scripts.schedule import check_settings
+from tests.bundle_cli import bundle_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,23 +74,8 @@ def test_check_settings():
 
 
 def test_zero_epochs_on_the_command_line_is_one_line(tmp_path: Path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "training",
-        "--config_file",
-        "configs/train.json",
-        "--bundle_root",
-        str(tmp_path),
-        "--plan_file",
-        "configs/plan.json",
-        "--dataset_dir",
-        str(tmp_path / "none"),
-        "--epochs",
-        "0",
-    ]
+    run_training = ("run", "training", "--config_file", "configs/train.json")
+    cmd = [*bundle_command(*run_training, work=tmp_path, data=tmp_path / "none"), "--epochs", "0"]
     result = subprocess.run(
         cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )

@@ -71,7 +71,9 @@ def test_order(test_name1, test_name2):
     return get_order(test_name1) - get_order(test_name2)
 
 
-class TestMNetAnisotropicSeg(unittest.TestCase):
+class FakeDatasetTestCase(unittest.TestCase):
+    """A fresh fake dataset and tiny plan per test (shared by the one-process and the 2-process tests)."""
+
     def setUp(self):
         sys.path.insert(0, BUNDLE_ROOT)  # the configs import `scripts` during initialize, as other zoo bundles do
         self.dataset_dir = tempfile.mkdtemp()
@@ -82,12 +84,17 @@ class TestMNetAnisotropicSeg(unittest.TestCase):
         sys.path.remove(BUNDLE_ROOT)
         shutil.rmtree(self.dataset_dir)
 
-    def test_train_eval_config(self):
-        override = dict(TEST_CASE_TRAIN)
-        override["dataset_dir"] = self.dataset_dir
-        override["plan_file"] = self.plan_file
+    def train_override(self, test_case: dict) -> dict:
+        """``test_case`` plus this dataset: all cases but the last train, the last one validates."""
+        override = dict(test_case, dataset_dir=self.dataset_dir, plan_file=self.plan_file)
         override["train#dataset#data"] = self.cases[:-1]
         override["validate#dataset#data"] = self.cases[-1:]
+        return override
+
+
+class TestMNetAnisotropicSeg(FakeDatasetTestCase):
+    def test_train_eval_config(self):
+        override = self.train_override(TEST_CASE_TRAIN)
         bundle_root = override["bundle_root"]
         train_file = os.path.join(bundle_root, "configs/train.json")
         eval_file = os.path.join(bundle_root, "configs/evaluate.json")

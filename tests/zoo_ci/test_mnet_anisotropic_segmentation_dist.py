@@ -6,13 +6,10 @@ with `torchrun --standalone --nproc_per_node=<n>` (`utils.export_config_and_run_
 """
 
 import os
-import shutil
-import sys
-import tempfile
 import unittest
 
 import torch
-from test_mnet_anisotropic_segmentation import BUNDLE_ROOT, PATCH, write_fake_dataset, write_tiny_plan
+from test_mnet_anisotropic_segmentation import BUNDLE_ROOT, PATCH, FakeDatasetTestCase
 from utils import export_config_and_run_mgpu_cmd
 
 TEST_CASE_TRAIN = {
@@ -25,23 +22,9 @@ TEST_CASE_TRAIN = {
 }
 
 
-class TestMNetAnisotropicSegMGPU(unittest.TestCase):
-    def setUp(self):
-        sys.path.insert(0, BUNDLE_ROOT)
-        self.dataset_dir = tempfile.mkdtemp()
-        self.cases = write_fake_dataset(self.dataset_dir)
-        self.plan_file = write_tiny_plan(BUNDLE_ROOT, os.path.join(self.dataset_dir, "plan.json"))
-
-    def tearDown(self):
-        sys.path.remove(BUNDLE_ROOT)
-        shutil.rmtree(self.dataset_dir)
-
+class TestMNetAnisotropicSegMGPU(FakeDatasetTestCase):
     def test_train_mgpu_config(self):
-        override = dict(TEST_CASE_TRAIN)
-        override["dataset_dir"] = self.dataset_dir
-        override["plan_file"] = self.plan_file
-        override["train#dataset#data"] = self.cases[:-1]
-        override["validate#dataset#data"] = self.cases[-1:]
+        override = self.train_override(TEST_CASE_TRAIN)
         bundle_root = override["bundle_root"]
         n_proc = max(2, torch.cuda.device_count())
         train_file = os.path.join(bundle_root, "configs/train.json")
