@@ -185,3 +185,30 @@ def test_unknown_preset_and_options_type_are_refused():
         preset("fast")
     with pytest.raises(TypeError, match="options must be an MNetOptions"):
         MNet(1, 2, kn=TINY, options={"group_norm": True})
+
+
+@pytest.mark.parametrize("thick_axis", [-1, 0, 1])
+def test_thick_first_runs_the_2d_blocks_as_conv2d_in_training_only(monkeypatch, thick_axis):
+    """The lever is not a no-op: with the CPU preset every 2D-block convolution is one conv2d over (batch x slices)
+    in training, none in inference, and the logits come back in the caller's axis order."""
+    from scripts.networks import slice_frame
+
+    calls = []
+    conv2d = slice_frame.F.conv2d
+
+    def counting(x, *args):
+        calls.append(x.is_contiguous(memory_format=torch.channels_last))  # a zero-copy channels_last view
+        return conv2d(x, *args)
+
+    monkeypatch.setattr(slice_frame.F, "conv2d", counting)
+    net = MNet(1, 3, kn=TINY, thick_axis=thick_axis, options=MNetOptions.cpu())
+    shape = [32, 32, 32]
+    shape[thick_axis] = 8
+    convs_2d = sum(1 for name, _ in net.named_modules() if ".block_2d.conv" in name and name.endswith(".conv"))
+    out = net.train()(torch.randn(2, 1, *shape))
+    assert len(calls) == convs_2d > 0 and all(calls)
+    assert list(out[0].shape) == [2, 3, *shape]
+    calls.clear()
+    with torch.no_grad():
+        assert net.eval()(torch.randn(1, 1, *shape)).is_contiguous()
+    assert calls == []

@@ -10,12 +10,14 @@ an axial scan last (the default); the authors' code assumes it first (``thick_ax
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.utils.checkpoint
 from scripts.networks.blocks import ConvBlock, FeatureMerge, InstanceNormByGroupNorm, axis_kernel, instance_norm
 from scripts.networks.inference_kernels import InferenceConv3d, max_pool
 from scripts.networks.options import MNetOptions
+from scripts.networks.slice_frame import ThickFirstConv3d, from_thick_first, to_thick_first
 from scripts.networks.topology import NUM_LEVELS, NodeSpec, deep_supervision_sources, mesh_topology
 from torch import nn
 
@@ -157,8 +159,13 @@ class MNet(nn.Module):
 
         specs = mesh_topology(in_channels, self.kn, fmu)
         conv_op = InferenceConv3d if options.fast_inference else nn.Conv3d
+        compute_axis = self.thick_axis  # the thick axis of the tensors inside the mesh
+        if options.thick_first:
+            conv_op = partial(ThickFirstConv3d, stored_axis=self.thick_axis, fast=options.fast_inference,
+                              channels_last=options.channels_last)  # fmt: skip
+            compute_axis = 0
         norm_op = InstanceNormByGroupNorm if options.group_norm else instance_norm
-        node = {"fmu": fmu, "thick_axis": self.thick_axis, "min_z": min_z, "options": options}
+        node = {"fmu": fmu, "thick_axis": compute_axis, "min_z": min_z, "options": options}
         self.nodes = nn.ModuleDict(
             {spec.name: MeshNode(spec, conv_op=conv_op, norm_op=norm_op, **node) for spec in specs}
         )
@@ -171,6 +178,7 @@ class MNet(nn.Module):
         if init == "he":
             self.apply(_he_init)
         self.channels_last = options.channels_last
+        self.thick_first = options.thick_first
         if self.channels_last:
             self.to(memory_format=torch.channels_last_3d)
 
@@ -210,8 +218,12 @@ class MNet(nn.Module):
         full resolution, then per in-plane scale 1/2, 1/4, 1/8 the 3D-branch head and the 2D-branch head."""
         if not torch.jit.is_scripting():
             self._validate(x)
-        if self.channels_last and self.training:  # inference keeps its layout: no gain measured, and the same
-            x = x.contiguous(memory_format=torch.channels_last_3d)  # kernels as before whatever the thread count
+        # inference keeps the row-major layout: no gain measured, and the same kernels whatever the thread count
+        layout_cl = self.channels_last and self.training
+        if self.thick_first:
+            x = to_thick_first(x, self.thick_axis, layout_cl)
+        elif layout_cl:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         f2d: dict[str, torch.Tensor] = {}
         f3d: dict[str, torch.Tensor] = {}
         for name, node in self.nodes.items():
@@ -219,12 +231,20 @@ class MNet(nn.Module):
         outputs: list[torch.Tensor] = []
         for name, head in self.heads.items():
             if name == "final":  # FINAL_HEAD (TorchScript reads no globals)
-                outputs.append(head(f2d[self.final_node] + f3d[self.final_node]))
+                outputs.append(self._output(head(f2d[self.final_node] + f3d[self.final_node])))
                 if not (self.training and self.deep_supervision):
                     return outputs[0]
             else:
-                outputs.append(head(f3d[name] if self.ds_reads_3d[name] else f2d[name]))
+                outputs.append(self._output(head(f3d[name] if self.ds_reads_3d[name] else f2d[name])))
         return outputs
+
+    def _output(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits in the caller's axis order: a view in training when the mesh computed with the thick axis first, a
+        row-major copy in inference (what writers and exports expect; the logits are small)."""
+        if not self.thick_first:
+            return logits
+        logits = from_thick_first(logits, self.thick_axis)
+        return logits if self.training else logits.contiguous()
 
 
 def _he_init(module: nn.Module) -> None:

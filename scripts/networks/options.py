@@ -23,13 +23,16 @@ class MNetOptions:
     convolutions (``inference_kernels.py``).
     checkpointing: in training, recompute each mesh node's activations in backward instead of storing them.
     channels_last: weights, and in training the activations, in ``torch.channels_last_3d``; oneDNN's convolution
-    backward runs faster on that layout on the CPU (docs/benchmarks.md). Inference keeps the input's layout."""
+    backward runs faster on that layout on the CPU (docs/benchmarks.md). Inference keeps the input's layout.
+    thick_first: compute with the thick axis first (``slice_frame.py``); with channels_last the 2D blocks' convolutions
+    then run as conv2d over (batch x slices) on a zero-copy view."""
 
     group_norm: bool = False
     merge_first: bool = False
     fast_inference: bool = False
     checkpointing: bool = False
     channels_last: bool = False
+    thick_first: bool = False
 
     @classmethod
     def reference(cls) -> MNetOptions:
@@ -39,7 +42,7 @@ class MNetOptions:
     @classmethod
     def cpu(cls) -> MNetOptions:
         """Measured fastest on the CPU (docs/benchmarks.md)."""
-        return cls(group_norm=True, merge_first=True, fast_inference=True, channels_last=True)
+        return cls(group_norm=True, merge_first=True, fast_inference=True, channels_last=True, thick_first=True)
 
     @classmethod
     def gpu(cls) -> MNetOptions:
