@@ -13,7 +13,9 @@ import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 from monai.engines import IterationEvents
+from monai.handlers import MetricsSaver
 from scripts import checkpoints, schedule
+from scripts.atomic import atomic_files
 from scripts.errors import BundleInputError
 from scripts.settings import as_bool
 
@@ -151,6 +153,24 @@ def restore_best_metric(evaluator: Engine, state: dict) -> None:
     evaluator.state.best_metric_epoch = state["best_metric_epoch"]
     for saver, saved in zip(_best_savers(evaluator), state["savers"]):
         saver.load_state_dict(saved)
+
+
+class AtomicMetricsSaver(MetricsSaver):
+    """MONAI's MetricsSaver (same arguments and files) whose CSVs go temp-then-rename.
+
+    MONAI writes ``metrics.csv``, ``*_raw.csv`` and ``*_summary.csv`` in place, so a kill or a full disk during an
+    evaluation's last step left truncated metrics under the final names. Here MONAI writes them into a temporary
+    folder inside ``save_dir`` (scripts.atomic.atomic_files), and each is renamed onto its name once all are complete.
+    """
+
+    def __call__(self, engine: Engine) -> None:
+        save_dir = self.save_dir
+        with atomic_files(save_dir) as tmp:
+            self.save_dir = tmp
+            try:
+                super().__call__(engine)
+            finally:
+                self.save_dir = save_dir
 
 
 class ResumeHandler:
