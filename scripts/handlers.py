@@ -182,7 +182,8 @@ class ResumeHandler:
     ``--learning_rate`` win over the saved ones: the LR scheduler continues over the new length from the new base LR
     (scripts.schedule.refit), as an uninterrupted run with those settings would. With ``evaluator``, the best
     validation metric so far is restored as well (see LastCheckpointSaver). With ``meta``, a checkpoint of another
-    fold, split or plan is refused. A missing, corrupted or mismatching checkpoint stops the run with one line.
+    fold, split or plan is refused. A missing, corrupted, mismatching or NaN/Inf checkpoint stops the run with one
+    line.
     """
 
     def __init__(
@@ -227,6 +228,10 @@ class ResumeHandler:
                 raise BundleInputError(
                     f"{self.load_path}: '{name}' does not fit this network ({mismatch}); "
                     "was it trained with another plan (kn, channels, classes)?"
+                )
+            if isinstance(obj, torch.nn.Module):
+                checkpoints.refuse_nonfinite(
+                    self.load_path, checkpoint[name], "resume from an earlier copy, or start without --resume"
                 )
             try:
                 obj.load_state_dict(checkpoint[name])
