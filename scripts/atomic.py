@@ -47,6 +47,37 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[str]:
             os.remove(tmp)
 
 
+@contextmanager
+def atomic_files(folder: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary folder inside ``folder`` for a writer that names its own files (MONAI's MetricsSaver);
+    when the block succeeds, fsync each file written there and rename it onto the same name in ``folder``, so every
+    previous file survives until all the new ones are complete; when it fails, drop the temporary folder and leave
+    ``folder`` as it was."""
+    folder = os.path.abspath(os.fspath(folder))
+    os.makedirs(folder, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=folder, prefix=".tmp_")
+    try:
+        try:
+            yield tmp
+            written = [
+                os.path.relpath(os.path.join(root, name), tmp) for root, _, names in os.walk(tmp) for name in names
+            ]
+            for name in written:
+                _fsync(os.path.join(tmp, name))
+        except OSError as err:
+            if err.errno in DISK_FULL:
+                raise disk_full(folder, folder) from None
+            raise
+        for name in sorted(written):
+            target = os.path.join(folder, name)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.chmod(os.path.join(tmp, name), 0o644)
+            os.replace(os.path.join(tmp, name), target)
+        _fsync_dir(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def disk_full(target: str, folder: str) -> BundleInputError:
     """The one line for a write that ran out of space; the previous version of ``target`` is untouched."""
     try:

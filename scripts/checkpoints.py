@@ -153,6 +153,16 @@ def nonfinite(state: Mapping) -> list[str]:
     ]
 
 
+def refuse_nonfinite(path: str, state: Mapping, advice: str) -> None:
+    """One line naming ``path`` when its weights hold NaN or Inf, for every loader (model, resume, converter): such
+    weights predict nothing useful, and a resumed run would only train on NaN."""
+    bad = nonfinite(state)
+    if bad:
+        raise BundleInputError(
+            f"{path}: {len(bad)} weight tensor(s) hold NaN or Inf, e.g. {bad[0]} (the training diverged); {advice}"
+        )
+
+
 def check_plan(path: str, plan: Mapping[str, Any] | None, record: Mapping[str, Any] | None) -> None:
     """Refuse weights trained with another plan (other spacing, normalisation, classes ...): they would run on
     preprocessing they never saw and give a wrong segmentation without a word."""
@@ -195,12 +205,7 @@ def model_state(
             f"{path}: checkpoint does not fit this network ({mismatch}); was it trained with "
             "another plan (kn, in_channels, out_channels)?"
         )
-    bad = nonfinite(state)
-    if bad:
-        raise BundleInputError(
-            f"{path}: {len(bad)} weight tensor(s) hold NaN or Inf, e.g. {bad[0]} (the training "
-            "diverged); use an earlier checkpoint or retrain"
-        )
+    refuse_nonfinite(path, state, "use an earlier checkpoint or retrain")
     check_plan(path, plan, read_meta(path))
     return dict(state)
 

@@ -19,6 +19,7 @@ import sys
 import fire
 import torch
 from scripts.atomic import atomic_path
+from scripts.checkpoints import refuse_nonfinite
 from scripts.errors import BundleInputError, install_excepthook
 from scripts.networks.mnet import MNet
 from scripts.networks.topology import NUM_LEVELS, deep_supervision_sources, encoder_name
@@ -104,6 +105,7 @@ def read_checkpoint(path: str) -> dict[str, torch.Tensor]:
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BundleInputError(f"{path}: no state_dict of tensors in the checkpoint")
+    refuse_nonfinite(path, state, "convert a checkpoint from before the divergence")
     return state
 
 

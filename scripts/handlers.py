@@ -13,7 +13,9 @@ import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 from monai.engines import IterationEvents
+from monai.handlers import MetricsSaver
 from scripts import checkpoints, schedule
+from scripts.atomic import atomic_files
 from scripts.errors import BundleInputError
 from scripts.settings import as_bool
 
@@ -153,6 +155,24 @@ def restore_best_metric(evaluator: Engine, state: dict) -> None:
         saver.load_state_dict(saved)
 
 
+class AtomicMetricsSaver(MetricsSaver):
+    """MONAI's MetricsSaver (same arguments and files) whose CSVs go temp-then-rename.
+
+    MONAI writes ``metrics.csv``, ``*_raw.csv`` and ``*_summary.csv`` in place, so a kill or a full disk during an
+    evaluation's last step left truncated metrics under the final names. Here MONAI writes them into a temporary
+    folder inside ``save_dir`` (scripts.atomic.atomic_files), and each is renamed onto its name once all are complete.
+    """
+
+    def __call__(self, engine: Engine) -> None:
+        save_dir = self.save_dir
+        with atomic_files(save_dir) as tmp:
+            self.save_dir = tmp
+            try:
+                super().__call__(engine)
+            finally:
+                self.save_dir = save_dir
+
+
 class ResumeHandler:
     """With ``enabled``, restore network, optimizer, scheduler and the trainer's epoch/iteration from the last
     checkpoint when training starts, so the same command with ``resume=true`` continues the same LR schedule.
@@ -162,7 +182,8 @@ class ResumeHandler:
     ``--learning_rate`` win over the saved ones: the LR scheduler continues over the new length from the new base LR
     (scripts.schedule.refit), as an uninterrupted run with those settings would. With ``evaluator``, the best
     validation metric so far is restored as well (see LastCheckpointSaver). With ``meta``, a checkpoint of another
-    fold, split or plan is refused. A missing, corrupted or mismatching checkpoint stops the run with one line.
+    fold, split or plan is refused. A missing, corrupted, mismatching or NaN/Inf checkpoint stops the run with one
+    line.
     """
 
     def __init__(
@@ -207,6 +228,10 @@ class ResumeHandler:
                 raise BundleInputError(
                     f"{self.load_path}: '{name}' does not fit this network ({mismatch}); "
                     "was it trained with another plan (kn, channels, classes)?"
+                )
+            if isinstance(obj, torch.nn.Module):
+                checkpoints.refuse_nonfinite(
+                    self.load_path, checkpoint[name], "resume from an earlier copy, or start without --resume"
                 )
             try:
                 obj.load_state_dict(checkpoint[name])

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import re
+import sys
 import textwrap
 import warnings
 from pathlib import Path
@@ -559,6 +560,20 @@ def main(
         raise SystemExit(f"error: {err}") from None
     print(format_table(plan))
     print(f"\nwrote {output or DEFAULT_OUTPUT}")
+    warn_if_cpu(plan)
+
+
+def warn_if_cpu(plan: dict[str, Any]) -> None:
+    """On a machine without CUDA, say (one line on stderr) that training this GPU-sized plan here is very slow, and
+    what the demo's CPU sizing is. The demo calls `plan_dataset` and resizes the plan itself, so it is not warned."""
+    import torch
+    from scripts.runtime import cpu_sizing_advice
+
+    advice = (
+        None if torch.cuda.is_available() else cpu_sizing_advice(plan["patch_size"], plan["batch_size"], plan["kn"])
+    )
+    if advice:
+        print(f"WARNING: no CUDA GPU on this machine; {advice}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,15 @@ cuDNN time its algorithms, which MONAI's ``set_determinism`` switches off; false
 
 from __future__ import annotations
 
+import logging
+import math
+from collections.abc import Sequence
+
 import torch
 from monai.utils import set_determinism
 from scripts.settings import as_bool
+
+logger = logging.getLogger("mnet.runtime")
 
 
 def configure(seed: int | None = 0, cudnn_benchmark: object = True) -> None:
@@ -29,3 +35,34 @@ def volume_device(volume_on_cpu: object, device: str | torch.device) -> str | No
     """Where the sliding window keeps the whole volume and its output: the CPU when asked (large volumes on a small
     GPU), else the compute device (``None`` = the input's device for MONAI's inferer)."""
     return "cpu" if as_bool(volume_on_cpu, "volume_on_cpu") else None
+
+
+def cpu_sizing_advice(patch_size: Sequence[int], batch_size: int, kn: Sequence[int]) -> str | None:
+    """How to shrink a training that is larger than the demo's CPU sizing (the "cpu" profile of
+    scripts/demo/pipeline.py, docs/demo.md), or None when it is not larger. An iteration's work grows with the
+    patch's voxels, the batch and the widths; the planner sizes all three for a GPU."""
+    from scripts.demo.pipeline import PROFILES
+
+    cpu = PROFILES["cpu"]
+    work = math.prod(patch_size) * int(batch_size) * sum(kn)
+    if work <= math.prod(cpu.patch_size) * cpu.batch_size * sum(cpu.kn):
+        return None
+    return (
+        f"training on a CPU at patch {_compact(patch_size)}, batch {batch_size}, kn {_compact(kn)} (a GPU sizing) "
+        f'is very slow; for a CPU use the demo\'s sizing: plan with `python -m scripts.plan --kn "{_compact(cpu.kn)}"`'
+        f', train with `--patch_size "{_compact(cpu.patch_size)}" --batch_size {cpu.batch_size}` (docs/demo.md, '
+        '"Settings")'
+    )
+
+
+def _compact(values: Sequence[int]) -> str:
+    return "[" + ",".join(str(int(v)) for v in values) + "]"
+
+
+def warn_cpu_training(
+    device: str | torch.device, patch_size: Sequence[int], batch_size: int, kn: Sequence[int]
+) -> None:
+    """Log one warning when training runs on a CPU at a size the demo's CPU sizing undercuts (training's set-up)."""
+    advice = cpu_sizing_advice(patch_size, batch_size, kn) if torch.device(device).type == "cpu" else None
+    if advice:
+        logger.warning(advice)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import torch
-from benchmarks import conv_layouts, inference, pipeline
+from benchmarks import conv_layouts, inference, omp_wait_policy, pipeline
 
 
 def test_inference_benchmark_quick(tmp_path):
@@ -71,3 +71,19 @@ def test_network_benchmark_runs_the_preset_layout():
 
     assert conv_weights_channels_last("mnet+cpu") == {True}
     assert conv_weights_channels_last("mnet+cpu-channels_last") == {False}
+
+
+def test_omp_wait_policy_reads_iteration_times_from_the_training_log():
+    """The per-iteration times come from logging.conf's timestamps of StatsHandler's iteration lines only."""
+    log = "\n".join(
+        [
+            "2026-12-02 16:04:30,100 - ignite.engine.engine.SupervisedTrainer - INFO - Epoch: 1/1, Iter: 1/3 -- "
+            "train_loss: 2.1000",
+            "2026-12-02 16:04:31,000 - mnet.runtime - WARNING - something else",
+            "2026-12-02 16:04:32,600 - ignite.engine.engine.SupervisedTrainer - INFO - Epoch: 1/1, Iter: 2/3 -- "
+            "train_loss: 2.0000",
+            "2026-12-02 16:04:33,850 - ignite.engine.engine.SupervisedTrainer - INFO - Epoch: 1/1, Iter: 3/3 -- "
+            "train_loss: 1.9000",
+        ]
+    )
+    assert omp_wait_policy.iteration_times(log) == [2.5, 1.25]

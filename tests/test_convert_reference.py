@@ -95,6 +95,22 @@ def test_mismatches_are_one_line_errors(reference_checkpoint, tmp_path):
     assert not (tmp_path / "a.pt").exists()
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_weights_are_refused(reference_checkpoint, tmp_path, bad):
+    """The authors' trainer saves a diverged run's NaN weights like any other; converting them gave a model.pt that
+    segments nothing."""
+    _, path = reference_checkpoint
+    state = torch.load(path, weights_only=True)["state_dict"]
+    state["down12.CB2d.conv1.norm.weight"][0] = bad
+    torch.save({"state_dict": state}, tmp_path / "diverged.model")
+    with pytest.raises(
+        BundleInputError,
+        match=r"diverged\.model: 1 weight tensor\(s\) hold NaN or Inf, e\.g\. down12\.CB2d\.conv1\.norm\.weight",
+    ):
+        convert(str(tmp_path / "diverged.model"), str(tmp_path / "a.pt"))
+    assert not (tmp_path / "a.pt").exists()
+
+
 def test_cli_writes_the_model(reference_checkpoint, tmp_path):
     _, path = reference_checkpoint
     out = tmp_path / "model.pt"

@@ -9,13 +9,18 @@ import os
 import signal
 from pathlib import Path
 
+import monai.handlers.metrics_saver
 import pytest
 import torch
 from ignite.engine import Engine, Events
+from monai.bundle import ConfigParser
+from monai.handlers import MetricsSaver
 from scripts.checkpoints import training_meta
 from scripts.errors import BundleInputError
 from scripts.handlers import BestModelSaver, InterruptHandler, LastCheckpointSaver
 from scripts.plan_file import DEFAULT_PLAN
+
+BUNDLE = Path(__file__).resolve().parents[1]
 
 
 def validation(save_dir: Path, scores: list[float]) -> tuple[Engine, BestModelSaver]:
@@ -116,3 +121,59 @@ def test_interrupt_handler_lets_other_errors_through(tmp_path: Path):
     trainer.add_event_handler(Events.EXCEPTION_RAISED, lambda engine, error: seen.append(error))
     trainer.run(range(2), max_epochs=1)  # a later handler (StatsHandler in the configs) decides, as without it
     assert [str(e) for e in seen] == ["boom"] and signal.getsignal(signal.SIGINT) is previous
+
+
+def evaluate_metrics_saver(save_dir: Path):
+    """The metrics saver exactly as configs/evaluate.json builds it, writing to ``save_dir``."""
+    handlers = json.loads((BUNDLE / "configs" / "evaluate.json").read_text())["validate#handlers"]
+    (entry,) = [h for h in handlers if h["_target_"].endswith("MetricsSaver")]
+    return ConfigParser({"eval_output_dir": str(save_dir), "saver": entry}).get_parsed_content("saver")
+
+
+def score(saver, dice: float) -> None:
+    """Hand ``saver`` an evaluation of two cases whose mean Dice is ``dice`` (as the evaluator's EPOCH_COMPLETED)."""
+    engine = Engine(lambda e, b: None)
+    engine.state.metrics = {"val_mean_dice": dice, "val_hd95_mm": 3.0, "val_surface_dice": 0.5}
+    details = torch.tensor([[dice, 0.2], [dice, 0.4]])
+    engine.state.metric_details = dict.fromkeys(engine.state.metrics, details)
+    saver._filenames = ["/d/a.nii.gz", "/d/b.nii.gz"]
+    saver(engine)
+
+
+def contents(folder: Path) -> dict:
+    return {p.name: p.read_text() for p in sorted(folder.iterdir())}
+
+
+def test_evaluate_metrics_csvs_same_as_monai(tmp_path: Path):
+    """evaluate.json's saver writes the files MONAI's MetricsSaver writes, byte for byte, and nothing else."""
+    score(evaluate_metrics_saver(tmp_path / "ours"), 0.75)
+    score(MetricsSaver(str(tmp_path / "monai"), metrics="*", metric_details="*", summary_ops="*"), 0.75)
+    ours = contents(tmp_path / "ours")
+    assert ours == contents(tmp_path / "monai") and "metrics.csv" in ours and "val_mean_dice_raw.csv" in ours
+    assert "0.75" in ours["metrics.csv"]
+
+
+@pytest.mark.parametrize("fault", ["kill", "disk_full"])
+def test_failed_metrics_write_keeps_previous_csvs(tmp_path: Path, monkeypatch, fault):
+    """MONAI's MetricsSaver writes its CSVs in place: a kill or a full disk after part of them left truncated files
+    under the final names. evaluate.json's saver keeps every previous CSV until all the new ones are complete."""
+    score(evaluate_metrics_saver(tmp_path), 0.5)
+    before = contents(tmp_path)
+    real_write = monai.handlers.metrics_saver.write_metrics_reports
+
+    def crash(save_dir, **kwargs):
+        real_write(save_dir=save_dir, **kwargs)
+        metrics = Path(save_dir) / "metrics.csv"
+        metrics.write_text(metrics.read_text()[:10])
+        raise KeyboardInterrupt if fault == "kill" else OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(monai.handlers.metrics_saver, "write_metrics_reports", crash)
+    with pytest.raises(
+        KeyboardInterrupt if fault == "kill" else BundleInputError,
+        match=None if fault == "kill" else rf"{tmp_path}: cannot write, no space left on the disk holding {tmp_path}",
+    ):
+        score(evaluate_metrics_saver(tmp_path), 0.9)
+    assert contents(tmp_path) == before  # no truncated file, no leftover temporary folder
+    monkeypatch.undo()
+    score(evaluate_metrics_saver(tmp_path), 0.9)
+    assert contents(tmp_path).keys() == before.keys() and "0.9" in contents(tmp_path)["metrics.csv"]

@@ -164,6 +164,22 @@ def test_resume_with_bad_checkpoint_is_one_line(tmp_path: Path):
         handler(Engine(lambda e, b: None))
 
 
+def test_resume_refuses_nan_weights(tmp_path: Path):
+    """A run that diverged saved NaN weights in checkpoint_last.pt; resuming from it trained on NaN without a word."""
+    path = tmp_path / "checkpoint_last.pt"
+    net = torch.nn.Linear(1, 1)
+    torch.nn.init.constant_(net.weight, float("nan"))
+    torch.save({"network": net.state_dict(), "trainer": {}}, path)
+    fresh = torch.nn.Linear(1, 1)
+    handler = ResumeHandler(str(path), {"network": fresh})
+    with pytest.raises(
+        BundleInputError,
+        match=rf"^{path}: 1 weight tensor\(s\) hold NaN or Inf, e\.g\. weight \(the training diverged\); resume from",
+    ):
+        handler(Engine(lambda e, b: None))
+    assert bool(torch.isfinite(fresh.weight).all())
+
+
 def test_failure_mid_write_leaves_no_file(tmp_path: Path, monkeypatch):
     def crash(obj, f, *args, **kwargs):
         Path(f).write_bytes(b"half")

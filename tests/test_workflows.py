@@ -187,7 +187,9 @@ def test_rank0_only_handlers_are_marked_where_defined():
     marked = [h["_target_"] for handlers in lists for h in handlers if h.get("_disabled_") == "@is_not_rank0"]
     unmarked = [h["_target_"] for handlers in lists for h in handlers if h.get("_disabled_") != "@is_not_rank0"]
     assert set(marked) == RANK0_ONLY and not RANK0_ONLY & set(unmarked)
-    assert "MetricsSaver" in unmarked, "MetricsSaver gathers from every rank, so it must run on every rank"
+    assert (
+        "scripts.handlers.AtomicMetricsSaver" in unmarked
+    ), "MetricsSaver gathers from every rank, so it must run on every rank"
     checks = {s["_target_"] for s in configs["train"]["train_setup"] if isinstance(s, dict) and "_disabled_" in s}
     assert checks == {"scripts.check_data.check_or_raise", "scripts.plan_check.check_training_data"}
     assert configs["train"]["is_not_rank0"] is False
