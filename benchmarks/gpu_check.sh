@@ -28,7 +28,8 @@ step tests 200 python3 -m pytest -q --tb=short -p no:cacheprovider tests/test_gp
 step inference 60 python3 -m benchmarks.inference --shape "[512,512,100]" --patch "[224,224,32]" \
     --sw_batch_size 8 --repeats 2 --threads 16 --out "$WORK/inference.json"
 step network_fp16 60 python3 -m benchmarks.network --device cuda --patch $PATCH --repeats 5 --no-memory \
-    --models dynunet mnet mnet+group_norm mnet+merge_first mnet+cpu --out "$WORK/network_fp16.json"
+    --models dynunet mnet mnet+group_norm mnet+merge_first mnet+cpu mnet+channels_last+thick_first \
+    --out "$WORK/network_fp16.json"
 # memory subprocesses re-run cuDNN's autotuning; deterministic kernels keep them short
 # with cuDNN's workspace capped at 1 GiB: on 2026-11-28 checkpointing did not lower the peak on the H200
 step network_memory 60 env CUDNN_CONV_WSCAP_DBG=1024 python3 -m benchmarks.network --device cuda --patch $PATCH \

@@ -47,6 +47,7 @@ VARIANTS: dict[str, tuple[dict | None, bool]] = {
     "mnet+cpu-channels_last": ({**CPU, "channels_last": False}, False),  # the CPU preset before 2026-12-02
     "mnet+cpu+thick_first": ({**CPU, "thick_first": True}, False),
     "mnet+cpu-channels_last+thick_first": ({**CPU, "channels_last": False, "thick_first": True}, False),
+    "mnet+channels_last+thick_first": ({"channels_last": True, "thick_first": True}, False),  # the GPU lever
     "mnet+checkpointing": ({"checkpointing": True}, False),
     "mnet+group_norm+checkpointing": ({"group_norm": True, "checkpointing": True}, False),
     "mnet+compile": ({}, True),

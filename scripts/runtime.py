@@ -37,20 +37,24 @@ def volume_device(volume_on_cpu: object, device: str | torch.device) -> str | No
     return "cpu" if as_bool(volume_on_cpu, "volume_on_cpu") else None
 
 
-def cpu_sizing_advice(patch_size: Sequence[int], batch_size: int, kn: Sequence[int]) -> str | None:
-    """How to shrink a training that is larger than the demo's CPU sizing (the "cpu" profile of
-    scripts/demo/pipeline.py, docs/demo.md), or None when it is not larger. An iteration's work grows with the
-    patch's voxels, the batch and the widths; the planner sizes all three for a GPU."""
-    from scripts.demo.pipeline import PROFILES
+# The CPU sizing of the demo's "cpu" profile (scripts/demo/pipeline.py imports it; the demo is not shipped, so the
+# shipped warning cannot import the demo): 1/4 of the paper's widths, 64x64x16 patches, batch 2.
+CPU_KN = (8, 12, 16, 20, 24)
+CPU_PATCH_SIZE = (64, 64, 16)
+CPU_BATCH_SIZE = 2
 
-    cpu = PROFILES["cpu"]
+
+def cpu_sizing_advice(patch_size: Sequence[int], batch_size: int, kn: Sequence[int]) -> str | None:
+    """How to shrink a training that is larger than the demo's CPU sizing (docs/demo.md), or None when it is not
+    larger. An iteration's work grows with the patch's voxels, the batch and the widths; the planner sizes all three
+    for a GPU."""
     work = math.prod(patch_size) * int(batch_size) * sum(kn)
-    if work <= math.prod(cpu.patch_size) * cpu.batch_size * sum(cpu.kn):
+    if work <= math.prod(CPU_PATCH_SIZE) * CPU_BATCH_SIZE * sum(CPU_KN):
         return None
     return (
         f"training on a CPU at patch {_compact(patch_size)}, batch {batch_size}, kn {_compact(kn)} (a GPU sizing) "
-        f'is very slow; for a CPU use the demo\'s sizing: plan with `python -m scripts.plan --kn "{_compact(cpu.kn)}"`'
-        f', train with `--patch_size "{_compact(cpu.patch_size)}" --batch_size {cpu.batch_size}` (docs/demo.md, '
+        f'is very slow; for a CPU use the demo\'s sizing: plan with `python -m scripts.plan --kn "{_compact(CPU_KN)}"`'
+        f', train with `--patch_size "{_compact(CPU_PATCH_SIZE)}" --batch_size {CPU_BATCH_SIZE}` (docs/demo.md, '
         '"Settings")'
     )
 

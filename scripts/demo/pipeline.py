@@ -29,6 +29,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from scripts.runtime import CPU_BATCH_SIZE, CPU_KN, CPU_PATCH_SIZE
+
 REPO_ROOT = Path(__file__).resolve().parents[2]  # scripts/demo/pipeline.py -> the bundle root
 STARTED, DONE = "demo_train_started.json", "demo_train_done.json"
 
@@ -53,7 +55,7 @@ PROFILES = {
     # 2 CPU cores: 1/4 of the paper's widths, 64x64x16 patches, 600 iterations; validation (sliding window over whole
     # volumes) only every 20 epochs because it costs as much as ~20 training iterations; 80 % organ/lesion-centred
     # crops instead of 33 % so the small lesions are seen often enough in so short a training.
-    "cpu": Profile(kn=(8, 12, 16, 20, 24), patch_size=(64, 64, 16), batch_size=2, epochs=60, iterations_per_epoch=10,
+    "cpu": Profile(kn=CPU_KN, patch_size=CPU_PATCH_SIZE, batch_size=CPU_BATCH_SIZE, epochs=60, iterations_per_epoch=10,
                    val_interval=20, learning_rate=0.01, num_workers=1, lesion_oversampling=0.8,
                    data={"num_cases": 24, "num_test": 4}),
     "cuda": Profile(kn=(32, 48, 64, 80, 96), patch_size=None, batch_size=None, epochs=100, iterations_per_epoch=50,
