@@ -104,21 +104,24 @@ def segmentation(labels: np.ndarray, affine: np.ndarray, source: str | os.PathLi
         )
         for k in range(1, number + 1)
     ]
-    return hd.seg.Segmentation(
-        source_images=slices,
-        pixel_array=frames,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=segments,
-        series_instance_uid=hd.UID(),
-        series_number=SERIES_NUMBER,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="MNet Bundle",
-        manufacturer_model_name="MNet",
-        software_versions=version,
-        device_serial_number="none",
-        series_description="MNet segmentation",
-    )
+    try:
+        return hd.seg.Segmentation(
+            source_images=slices,
+            pixel_array=frames,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=segments,
+            series_instance_uid=hd.UID(),
+            series_number=SERIES_NUMBER,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="MNet Bundle",
+            manufacturer_model_name="MNet",
+            software_versions=version,
+            device_serial_number="none",
+            series_description="MNet segmentation",
+        )
+    except (ValueError, TypeError, AttributeError) as err:  # highdicom's checks of the source series
+        raise BundleInputError(f"{source}: cannot write a DICOM SEG for this series: {err}") from err
 
 
 class DicomSegWriter(ImageWriter):

@@ -329,6 +329,27 @@ def test_dicom_seg_for_a_nifti_input_stops_at_start_up(tmp_path):
     assert_clean_failure(result, work, "scan.nii.gz: --output_format dicom_seg needs DICOM series as input")
 
 
+def test_dicom_seg_that_highdicom_refuses_ends_in_one_line_and_writes_nothing(tmp_path):
+    """A series MONAI reads but highdicom cannot reference (no FrameOfReferenceUID, some anonymisers drop it):
+    the SEG fails after the network ran, inside SaveImaged; the user sees one line naming the series and the
+    reason, exit status non-zero, no traceback on either stream, no file in the output folder."""
+    pytest.importorskip("highdicom")
+    scans, work = tmp_path / "scans", tmp_path / "work"
+    write_series(scans / "s1", phantom(0))
+    for path in (scans / "s1").iterdir():
+        ds = pydicom.dcmread(path)
+        del ds.FrameOfReferenceUID
+        ds.save_as(path)
+    result = bundle("inference", work, scans, "--output_format", "dicom_seg", "--load_pretrain", "false")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        f"ERROR: {scans / 's1'}: cannot write a DICOM SEG for this series: Source images have no Frame Of "
+        "Reference UID, but it is required by the IOD."
+    ]
+    assert "Traceback" not in result.stdout, result.stdout[-3000:]
+    assert list((work / "eval" / "predictions").iterdir()) == []
+
+
 # --- inference end to end --------------------------------------------------------------------------------------------
 
 

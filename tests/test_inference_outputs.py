@@ -7,6 +7,7 @@ process (ConfigWorkflow) where possible and through ``python -m monai.bundle`` /
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import sys
@@ -219,6 +220,31 @@ def test_colliding_or_input_overwriting_outputs_stop_before_any_work(tmp_path):
     message = _first_error(lambda: infer(bundle, scans, scans, output_postfix=""))
     assert "would overwrite the input" in message
     assert (scans / "x.nii.gz").read_bytes() == before and sorted(p.name for p in scans.iterdir()) == ["x.nii.gz"]
+
+
+def test_a_case_that_cannot_be_written_ends_the_run_as_its_one_line(tmp_path, monkeypatch, capsys):
+    """A writer's BundleInputError (here: the disk fills up while the output is written) reaches the console hook
+    as that error; MONAI's SaveImage used to replace it by an unchained "cannot find a suitable writer ... install
+    the writer libraries" RuntimeError and StatsHandler logged that with a traceback."""
+    import scripts.atomic
+
+    bundle, scans, out = tmp_path / "bundle", tmp_path / "scans", tmp_path / "out"
+    _save_model(bundle)
+    _volume(scans / "s0.nii.gz", (40, 40, 9), seed=0)
+    real_fsync = scripts.atomic._fsync
+
+    def full_disk(path: str) -> None:
+        if Path(path).parent == out:
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        real_fsync(path)
+
+    monkeypatch.setattr(scripts.atomic, "_fsync", full_disk)
+    capsys.readouterr()
+    message = _first_error(lambda: infer(bundle, scans, out))
+    assert message.startswith(f"{out / 's0_seg.nii.gz'}: cannot write, no space left on the disk holding {out}")
+    assert list(out.iterdir()) == [], "no partial file, no temporary file"
+    log = capsys.readouterr()
+    assert "Traceback" not in log.out + log.err and "suitable writer" not in log.out + log.err
 
 
 def test_rerun_skips_finished_cases_and_overwrite_redoes_them(tmp_path, capsys):
