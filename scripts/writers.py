@@ -24,7 +24,7 @@ from monai.transforms import SaveImaged
 from scripts.atomic import atomic_path
 from scripts.datalist import IMAGE_SUFFIXES, NIFTI_SUFFIXES, image_suffix
 from scripts.dicom import is_series_folder, require
-from scripts.dicom_seg import DicomSegWriter
+from scripts.dicom_seg import DicomSegWriter, segment_properties
 from scripts.errors import BundleInputError
 from scripts.outputs import case_images
 from scripts.settings import as_bool
@@ -99,15 +99,23 @@ def output_extension(output_format: str) -> str:
     return DICOM_SEG_EXT if str(output_format).lower() == DICOM_SEG else str(output_format)
 
 
-def writer_for(output_format: str, cases: Sequence[Any] | None = None, labels: dict | None = None) -> Callable:
+def writer_for(
+    output_format: str, cases: Sequence[Any] | None = None, labels: dict | None = None, segments: dict | None = None
+) -> Callable:
     """The writer for ``--output_format`` / ``--output_ext``, checked when the config is built (before the first
     case), so an unsupported or uninstalled output format fails at start-up in one line instead of after the whole
     inference. With ``cases`` (the images to segment) DICOM SEG is also refused unless every image is a DICOM series:
-    a SEG has no geometry of its own, it points into its source series. ``labels`` name the SEG's segments."""
+    a SEG has no geometry of its own, it points into its source series. ``labels`` name the SEG's segments,
+    ``segments`` (``dicom_seg_segments``) code them (scripts.dicom_seg.segment_properties, checked here too)."""
     fmt = str(output_format).lower()
+    if segments and fmt != DICOM_SEG:
+        raise BundleInputError(f"--dicom_seg_segments: only used with --output_format {DICOM_SEG}, not {output_format}")
     if fmt == DICOM_SEG:
         require("pydicom", "--output_format dicom_seg: writing DICOM SEG")
         require("highdicom", "--output_format dicom_seg: writing DICOM SEG")
+        if segments is not None and not isinstance(segments, dict):
+            raise BundleInputError(f"--dicom_seg_segments: expected an object keyed by label, got {segments!r}")
+        segment_properties(dict(labels or {}), segments)
         for case in cases or []:
             image = case_images(case)[0]
             if not is_series_folder(image):
@@ -115,7 +123,7 @@ def writer_for(output_format: str, cases: Sequence[Any] | None = None, labels: d
                     f"{image}: --output_format dicom_seg needs DICOM series as input (a SEG references "
                     "its source slices), this is not a DICOM series folder; use the default --output_ext .nii.gz"
                 )
-        return functools.partial(AtomicDicomSegWriter, labels=labels)
+        return functools.partial(AtomicDicomSegWriter, labels=labels, segments=segments)
     option = "--output_ext" if fmt.startswith(".") else "--output_format"
     if fmt in NIFTI_SUFFIXES:
         return AtomicNibabelWriter
