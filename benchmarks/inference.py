@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         image = Path(tmp) / "ct.nii.gz"
-        write_volume(image, args.shape, [0.8, 0.8, 5.0])
+        write_volume(image, args.shape, args.spacing)
         parser = parse_inference_config(image, Path(tmp) / "out", args)
         dataset, inferer, post = (parser.get_parsed_content(k) for k in ("dataset", "inferer", "postprocessing"))
         predictor = parser.get_parsed_content("predictor").eval()
@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> dict:
         "threads": args.threads,
         "torch": torch.__version__,
         "shape": args.shape,
+        "spacing": args.spacing,
         "kn": args.kn,
         "patch": parser.get_parsed_content("patch_size"),
         "sw_batch_size": args.sw_batch_size,
@@ -202,11 +203,12 @@ def cohort(args: argparse.Namespace) -> dict:
         scans = Path(tmp) / "scans"
         scans.mkdir()
         for i in range(args.cases):
-            write_volume(scans / f"ct{i:03d}.nii.gz", args.shape, [0.8, 0.8, 5.0], seed=i)
-        for workers, background in settings:
-            out = Path(tmp) / f"result_{workers}_{background}.json"
+            write_volume(scans / f"ct{i:03d}.nii.gz", args.shape, args.spacing, seed=i)
+        for k, (workers, background) in enumerate(settings):  # a setting may repeat: its own output folder each
+            out = Path(tmp) / f"result_{k}_{workers}_{background}.json"
             cmd = [sys.executable, "-m", "benchmarks.inference", "--_one_cohort", str(scans), "--out", str(out),
-                   "--device", args.device, "--shape", json.dumps(args.shape), "--kn", json.dumps(args.kn),
+                   "--device", args.device, "--shape", json.dumps(args.shape), "--spacing", json.dumps(args.spacing),
+                   "--kn", json.dumps(args.kn),
                    "--sw_batch_size", str(args.sw_batch_size), "--threads", str(args.threads),
                    "--num_workers", str(workers), "--background_writes", str(background).lower()]  # fmt: skip
             if args.patch:
@@ -223,6 +225,7 @@ def cohort(args: argparse.Namespace) -> dict:
         "threads": args.threads,
         "torch": torch.__version__,
         "shape": args.shape,
+        "spacing": args.spacing,
         "kn": args.kn,
         "patch": args.patch,
         "sw_batch_size": args.sw_batch_size,
@@ -231,7 +234,8 @@ def cohort(args: argparse.Namespace) -> dict:
 
 
 def print_cohort(r: dict) -> None:
-    print(f"\n{r['runs'][0]['cases']} cases of {r['shape']} on {r['device']}, {r['threads']} threads, kn={r['kn']}")
+    print(f"\n{r['runs'][0]['cases']} cases of {r['shape']} at {r['spacing']} mm on {r['device']}, "
+          f"{r['threads']} threads, kn={r['kn']}")  # fmt: skip
     print(f"{'workers':>8} {'background':>10} {'cases/min':>10} {'network busy':>13} {'peak RSS main':>14} "
           f"{'largest worker':>15}")  # fmt: skip
     for run in r["runs"]:
@@ -242,7 +246,7 @@ def print_cohort(r: dict) -> None:
 
 
 def print_table(r: dict) -> None:
-    print(f"\nWhole-volume inference, {r['device']}, {r['threads']} threads, volume {r['shape']} at 0.8x0.8x5 mm, "
+    print(f"\nWhole-volume inference, {r['device']}, {r['threads']} threads, volume {r['shape']} at {r['spacing']} mm, "
           f"kn={r['kn']}, roi {r['patch']}, sw_batch {r['sw_batch_size']}, AMP {r['amp']}")  # fmt: skip
     for label, key in [("preprocessing (load, RAS, resample, normalise)", "preprocessing_s"),
                        ("sliding window (first run)", "sliding_window_s"),
@@ -262,6 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if cuda else "cpu")
     p.add_argument("--shape", type=json.loads, default=[512, 512, 60] if cuda else [256, 256, 40])
+    p.add_argument("--spacing", type=json.loads, default=[0.8, 0.8, 5.0], help="mm of the synthetic scans")
     p.add_argument("--kn", type=json.loads, default=[32, 48, 64, 80, 96])
     p.add_argument("--patch", type=json.loads, default=None, help="roi size; default: the plan's patch")
     p.add_argument("--sw_batch_size", type=int, default=4 if cuda else 1)

@@ -6,8 +6,8 @@ reader read it and however it ordered and flipped the slices. Each source slice'
 that volume through the affine (ImagePositionPatient, ImageOrientationPatient, PixelSpacing), not assumed to be one
 array slice in file or InstanceNumber order; a grid that does not fall on the volume's voxels is refused. Segment k is
 class k of the plan's ``labels`` (background 0 is not a segment); the frames are BINARY segments (the SEG type every
-viewer reads), empty frames left out. Property codes are generic (SCT "Tissue"): the plan names the classes, not
-their anatomy.
+viewer reads), empty frames left out. Each segment's property category and type are SNOMED CT 85756007 "Tissue"
+unless ``segments`` (the config's ``dicom_seg_segments``) codes it: the plan names the classes, not their anatomy.
 """
 
 from __future__ import annotations
@@ -74,8 +74,57 @@ def source_frames(labels: np.ndarray, affine: np.ndarray, slices: list) -> np.nd
     return np.stack(frames)
 
 
-def segmentation(labels: np.ndarray, affine: np.ndarray, source: str | os.PathLike, names: dict[str, str]):
-    """A highdicom Segmentation of ``labels`` (class indices) for the series in folder ``source``."""
+def _code(value, where: str):
+    """A pydicom Code from an SCT keyword of pydicom's dictionary ("Kidney") or a [scheme, value, meaning] triple."""
+    codes = require("pydicom.sr.codedict", "--output_format dicom_seg: writing DICOM SEG", "pydicom").codes
+    code_type = require("pydicom.sr.coding", "--output_format dicom_seg: writing DICOM SEG", "pydicom").Code
+    if isinstance(value, str):
+        code = getattr(codes.SCT, value, None) if value.isidentifier() and not value.startswith("_") else None
+        if not isinstance(code, code_type):
+            raise BundleInputError(
+                f"{where}: {value!r} is no SNOMED CT keyword of pydicom's code dictionary (e.g. 'Kidney', 'Organ'); "
+                'give a [scheme, value, meaning] triple such as ["SCT", "64033007", "Kidney"]'
+            )
+        return code
+    if isinstance(value, (list, tuple)) and len(value) == 3 and all(isinstance(v, str) and v for v in value):
+        scheme, code, meaning = value
+        return code_type(code, scheme, meaning)
+    raise BundleInputError(f"{where}: expected an SCT keyword or a [scheme, value, meaning] triple, got {value!r}")
+
+
+def segment_properties(names: dict[str, str], segments: dict | None) -> dict[int, dict]:
+    """Per segment number (class k >= 1 of the plan's ``names``): its category and type codes and description.
+
+    ``segments`` maps a label name or index of the plan to ``{"category": ..., "type": ..., "description": str}``,
+    each key optional; codes are SCT keywords or [scheme, value, meaning] triples; the rest stays "Tissue"."""
+    by_name = {name: int(k) for k, name in names.items() if k != "0"}
+    properties = {k: {"category": "Tissue", "type": "Tissue", "description": None} for k in by_name.values()}
+    for key, given in (segments or {}).items():
+        where = f"dicom_seg_segments[{key!r}]"
+        number = by_name.get(str(key), int(key) if str(key).isdigit() else None)
+        if number not in properties:
+            raise BundleInputError(f"{where}: not a label of the plan (segments: {sorted(by_name, key=by_name.get)})")
+        if not isinstance(given, dict) or set(given) - {"category", "type", "description"}:
+            raise BundleInputError(f"{where}: expected an object with 'category', 'type', 'description', got {given!r}")
+        if not isinstance(given.get("description", ""), str):
+            raise BundleInputError(f"{where}: 'description' must be a string")
+        properties[number].update(given)
+    for number, props in properties.items():
+        key = f"dicom_seg_segments[{names[str(number)]!r}]"
+        props["category"] = _code(props["category"], f"{key}#category")
+        props["type"] = _code(props["type"], f"{key}#type")
+    return properties
+
+
+def segmentation(
+    labels: np.ndarray,
+    affine: np.ndarray,
+    source: str | os.PathLike,
+    names: dict[str, str],
+    segments: dict | None = None,
+):
+    """A highdicom Segmentation of ``labels`` (class indices) for the series in folder ``source``; ``segments`` as
+    for `segment_properties`."""
     hd = require("highdicom", "--output_format dicom_seg: writing DICOM SEG")
     logging.getLogger("highdicom").setLevel(logging.WARNING)  # not nine "copy attributes of module ..." lines a case
     codes = require("pydicom.sr.codedict", "--output_format dicom_seg: writing DICOM SEG", "pydicom").codes
@@ -93,39 +142,53 @@ def segmentation(labels: np.ndarray, affine: np.ndarray, source: str | os.PathLi
     algorithm = hd.AlgorithmIdentificationSequence(
         name="MNet", family=codes.cid7162.ArtificialIntelligence, version=version
     )
-    segments = [
-        hd.seg.SegmentDescription(
+    properties = segment_properties(names, segments)
+    descriptions = []
+    for k in range(1, number + 1):
+        description = hd.seg.SegmentDescription(
             segment_number=k,
             segment_label=names.get(str(k), f"class {k}"),
-            segmented_property_category=codes.SCT.Tissue,
-            segmented_property_type=codes.SCT.Tissue,
+            segmented_property_category=properties[k]["category"],
+            segmented_property_type=properties[k]["type"],
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
         )
-        for k in range(1, number + 1)
-    ]
-    return hd.seg.Segmentation(
-        source_images=slices,
-        pixel_array=frames,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=segments,
-        series_instance_uid=hd.UID(),
-        series_number=SERIES_NUMBER,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="MNet Bundle",
-        manufacturer_model_name="MNet",
-        software_versions=version,
-        device_serial_number="none",
-        series_description="MNet segmentation",
-    )
+        if properties[k]["description"]:
+            description.SegmentDescription = properties[k]["description"]  # optional attribute, not an argument
+        descriptions.append(description)
+    try:
+        return hd.seg.Segmentation(
+            source_images=slices,
+            pixel_array=frames,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=hd.UID(),
+            series_number=SERIES_NUMBER,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="MNet Bundle",
+            manufacturer_model_name="MNet",
+            software_versions=version,
+            device_serial_number="none",
+            series_description="MNet segmentation",
+        )
+    except (ValueError, TypeError, AttributeError) as err:  # highdicom's checks of the source series
+        raise BundleInputError(f"{source}: cannot write a DICOM SEG for this series: {err}") from err
 
 
 class DicomSegWriter(ImageWriter):
-    """MONAI ImageWriter interface (what SaveImaged calls) writing DICOM SEG; ``labels`` are the plan's class names."""
+    """MONAI ImageWriter interface (what SaveImaged calls) writing DICOM SEG; ``labels`` are the plan's class names,
+    ``segments`` their codes (`segment_properties`)."""
 
-    def __init__(self, output_dtype=np.uint8, labels: dict | None = None, **kwargs):
-        super().__init__(output_dtype=output_dtype, labels=dict(labels or {}), affine=None, source=None, **kwargs)
+    def __init__(self, output_dtype=np.uint8, labels: dict | None = None, segments: dict | None = None, **kwargs):
+        super().__init__(
+            output_dtype=output_dtype,
+            labels=dict(labels or {}),
+            segments=dict(segments or {}),
+            affine=None,
+            source=None,
+            **kwargs,
+        )
 
     def set_data_array(self, data_array, channel_dim: int | None = 0, squeeze_end_dims: bool = True, **kwargs):
         data = self.convert_to_channel_last(data_array, channel_dim=channel_dim, squeeze_end_dims=True, spatial_ndim=3)
@@ -144,4 +207,4 @@ class DicomSegWriter(ImageWriter):
     def write(self, filename, verbose: bool = False, **kwargs):
         super().write(filename, verbose=verbose)
         labels = np.rint(self.data_obj).astype(np.int64)
-        segmentation(labels, self.affine, self.source, self.labels).save_as(os.fspath(filename))
+        segmentation(labels, self.affine, self.source, self.labels, self.segments).save_as(os.fspath(filename))

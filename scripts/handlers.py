@@ -16,7 +16,7 @@ from monai.engines import IterationEvents
 from monai.handlers import MetricsSaver
 from scripts import checkpoints, schedule
 from scripts.atomic import atomic_files
-from scripts.errors import BundleInputError
+from scripts.errors import BundleInputError, find_input_error
 from scripts.settings import as_bool
 
 
@@ -305,6 +305,22 @@ class InterruptHandler:
         )
         sys.stderr.flush()
         raise Interrupted(130)
+
+
+class InputErrorPassThrough:
+    """A BundleInputError raised while the engine runs (a case the writer cannot write, a full disk) ends the run
+    as the one line of the console hook (scripts/errors.py): first among the EXCEPTION_RAISED handlers, this
+    re-raises it before MONAI's StatsHandler logs it with a traceback screens long; other errors go on to the
+    next handler (re-raised when there is none, as ignite does without handlers)."""
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self)
+        handlers = engine._event_handlers[Events.EXCEPTION_RAISED]  # ignite has no public "prepend"
+        handlers.insert(0, handlers.pop())
+
+    def __call__(self, engine: Engine, error: BaseException) -> None:
+        if find_input_error(error) is not None or len(engine._event_handlers[Events.EXCEPTION_RAISED]) == 1:
+            raise error
 
 
 def _is_rank0() -> bool:

@@ -29,9 +29,10 @@ def test_pipeline_benchmark_quick(tmp_path):
 
 def test_inference_benchmark_cohort_quick(tmp_path):
     out = tmp_path / "cohort.json"
-    inference.main(["--quick", "--cases", "2", "--compare", "[0,false]", "[0,true]", "--out", str(out)])
+    settings = ["[0,false]", "[0,true]", "[0,false]"]  # a repeated setting is measured again, not resumed
+    inference.main(["--quick", "--cases", "2", "--compare", *settings, "--out", str(out)])
     runs = json.loads(out.read_text())["runs"]
-    assert [(r["num_workers"], r["background_writes"]) for r in runs] == [(0, False), (0, True)]
+    assert [(r["num_workers"], r["background_writes"]) for r in runs] == [(0, False), (0, True), (0, False)]
     for run in runs:
         assert run["cases"] == 2 and run["written"] == 2
         assert 0 < run["network_busy_share"] <= 1 and run["peak_rss_main_mb"] > 0

@@ -329,6 +329,27 @@ def test_dicom_seg_for_a_nifti_input_stops_at_start_up(tmp_path):
     assert_clean_failure(result, work, "scan.nii.gz: --output_format dicom_seg needs DICOM series as input")
 
 
+def test_dicom_seg_that_highdicom_refuses_ends_in_one_line_and_writes_nothing(tmp_path):
+    """A series MONAI reads but highdicom cannot reference (no FrameOfReferenceUID, some anonymisers drop it):
+    the SEG fails after the network ran, inside SaveImaged; the user sees one line naming the series and the
+    reason, exit status non-zero, no traceback on either stream, no file in the output folder."""
+    pytest.importorskip("highdicom")
+    scans, work = tmp_path / "scans", tmp_path / "work"
+    write_series(scans / "s1", phantom(0))
+    for path in (scans / "s1").iterdir():
+        ds = pydicom.dcmread(path)
+        del ds.FrameOfReferenceUID
+        ds.save_as(path)
+    result = bundle("inference", work, scans, "--output_format", "dicom_seg", "--load_pretrain", "false")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        f"ERROR: {scans / 's1'}: cannot write a DICOM SEG for this series: Source images have no Frame Of "
+        "Reference UID, but it is required by the IOD."
+    ]
+    assert "Traceback" not in result.stdout, result.stdout[-3000:]
+    assert list((work / "eval" / "predictions").iterdir()) == []
+
+
 # --- inference end to end --------------------------------------------------------------------------------------------
 
 
@@ -380,6 +401,66 @@ def test_dicom_seg_references_the_series_and_holds_the_segmentation(inferred):
     for k, frame in enumerate(frames):
         np.testing.assert_array_equal(frame, expected[:, :, k].T)  # slice k was written as volume[:, :, k].T
     assert frames.any(), "some foreground made it into the SEG"
+    for segment in seg.SegmentSequence:  # uncoded classes: SNOMED CT "Tissue", as docs/configs.md says
+        for codes in (segment.SegmentedPropertyCategoryCodeSequence, segment.SegmentedPropertyTypeCodeSequence):
+            assert (codes[0].CodingSchemeDesignator, codes[0].CodeValue, codes[0].CodeMeaning) == (
+                "SCT",
+                "85756007",
+                "Tissue",
+            )
+        assert "SegmentDescription" not in segment
+
+
+def test_dicom_seg_segments_code_the_plans_labels(inferred, tmp_path):
+    """``dicom_seg_segments`` keyed by the plan's label names (or indices): SCT keywords of pydicom's dictionary or
+    explicit triples, and a free-text description, end up in the SEG read back with highdicom."""
+    hd = pytest.importorskip("highdicom")
+    segments = {
+        "organ": {"category": "Organ", "type": "Kidney", "description": "kidney, MNet"},
+        "2": {"type": ["SCT", "52988006", "Lesion"]},
+    }
+    infer(
+        inferred["bundle"], inferred["series"].parent, tmp_path, output_format="dicom_seg", dicom_seg_segments=segments
+    )
+    seg = hd.seg.segread(tmp_path / f"{inferred['series'].name}_seg.dcm")
+    coded = {
+        s.SegmentNumber: (
+            s.SegmentLabel,
+            s.SegmentedPropertyCategoryCodeSequence[0].CodeMeaning,
+            s.SegmentedPropertyTypeCodeSequence[0].CodeValue,
+            s.SegmentedPropertyTypeCodeSequence[0].CodeMeaning,
+            s.get("SegmentDescription"),
+        )
+        for s in seg.SegmentSequence
+    }
+    assert coded == {
+        1: ("organ", "Organ", "64033007", "Kidney", "kidney, MNet"),
+        2: ("lesion", "Tissue", "52988006", "Lesion", None),
+    }
+
+
+@pytest.mark.parametrize(
+    "segments, message",
+    [
+        (
+            {"liver": {"type": "Liver"}},
+            r"dicom_seg_segments\['liver'\]: not a label of the plan \(segments: \['organ', 'lesion'\]\)",
+        ),
+        ({"organ": {"type": "Kidny"}}, r"dicom_seg_segments\['organ'\]#type: 'Kidny' is no SNOMED CT keyword"),
+        (
+            {"1": {"type": ["SCT", "64033007"]}},
+            r"\['organ'\]#type: expected an SCT keyword or a \[scheme, value, meaning\]",
+        ),
+        ({"organ": {"colour": "red"}}, r"\['organ'\]: expected an object with 'category', 'type', 'description'"),
+    ],
+)
+def test_bad_dicom_seg_segments_stop_at_start_up(segments, message):
+    pytest.importorskip("highdicom")
+    labels = json.loads(Path(PLAN).read_text())["labels"]
+    with pytest.raises(BundleInputError, match=message):
+        writer_for("dicom_seg", labels=labels, segments=segments)
+    with pytest.raises(BundleInputError, match=r"^--dicom_seg_segments: only used with --output_format dicom_seg"):
+        writer_for(".nii.gz", labels=labels, segments={"organ": {"type": "Kidney"}})
 
 
 def test_dicom_seg_rerun_skips_the_finished_series(inferred, capsys):

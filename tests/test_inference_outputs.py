@@ -7,6 +7,7 @@ process (ConfigWorkflow) where possible and through ``python -m monai.bundle`` /
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import sys
@@ -24,7 +25,7 @@ from scripts.ensemble import LogitEnsemble
 from scripts.errors import BundleInputError, find_input_error
 from scripts.networks.mnet import MNet
 from scripts.outputs import CaseLayout, pending_cases
-from scripts.writers import BackgroundPostprocessing
+from scripts.writers import AtomicNibabelWriter, BackgroundPostprocessing
 from tests.test_workflows import BUNDLE, bundle_run
 
 KN = [4, 4, 6, 6, 8]
@@ -221,6 +222,32 @@ def test_colliding_or_input_overwriting_outputs_stop_before_any_work(tmp_path):
     assert (scans / "x.nii.gz").read_bytes() == before and sorted(p.name for p in scans.iterdir()) == ["x.nii.gz"]
 
 
+@pytest.mark.parametrize("background", [False, True])
+def test_a_case_that_cannot_be_written_ends_the_run_as_its_one_line(tmp_path, monkeypatch, capsys, background):
+    """A writer's BundleInputError (here: the disk fills up while the output is written) reaches the console hook
+    as that error; MONAI's SaveImage used to replace it by an unchained "cannot find a suitable writer ... install
+    the writer libraries" RuntimeError and StatsHandler logged that with a traceback."""
+    import scripts.atomic
+
+    bundle, scans, out = tmp_path / "bundle", tmp_path / "scans", tmp_path / "out"
+    _save_model(bundle)
+    _volume(scans / "s0.nii.gz", (40, 40, 9), seed=0)
+    real_fsync = scripts.atomic._fsync
+
+    def full_disk(path: str) -> None:
+        if Path(path).parent == out:
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        real_fsync(path)
+
+    monkeypatch.setattr(scripts.atomic, "_fsync", full_disk)
+    capsys.readouterr()
+    message = _first_error(lambda: infer(bundle, scans, out, background_writes=background))
+    assert message.startswith(f"{out / 's0_seg.nii.gz'}: cannot write, no space left on the disk holding {out}")
+    assert list(out.iterdir()) == [], "no partial file, no temporary file"
+    log = capsys.readouterr()
+    assert "Traceback" not in log.out + log.err and "suitable writer" not in log.out + log.err
+
+
 def test_rerun_skips_finished_cases_and_overwrite_redoes_them(tmp_path, capsys):
     bundle, scans, out = tmp_path / "bundle", tmp_path / "scans", tmp_path / "out"
     _save_model(bundle)
@@ -244,6 +271,34 @@ def test_rerun_skips_finished_cases_and_overwrite_redoes_them(tmp_path, capsys):
     time.sleep(0.01)
     infer(bundle, scans, out, overwrite=True)
     assert (out / "s0_seg.nii.gz").stat().st_mtime_ns > first["s0_seg.nii.gz"]
+
+
+def test_background_writes_write_what_inline_writes(tmp_path, monkeypatch):
+    """``background_writes true`` (inversion and writing in a worker thread while the next case's preprocessing
+    and sliding window run, the same transform objects in both threads) writes the inline outputs bit for bit."""
+    bundle, scans = tmp_path / "bundle", tmp_path / "scans"
+    _save_model(bundle)
+    for i in range(3):
+        _volume(scans / f"s{i}.nii.gz", (40, 36 + 2 * i, 9 + 3 * i), seed=i, affine=np.diag([0.8, 0.8, 2.0 + i, 1]))
+    threads = []
+    write = AtomicNibabelWriter.write
+
+    def recorded(self, *args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return write(self, *args, **kwargs)
+
+    monkeypatch.setattr(AtomicNibabelWriter, "write", recorded)
+    infer(bundle, scans, tmp_path / "inline", background_writes=False)
+    assert threads == ["MainThread"] * 3
+    threads.clear()
+    infer(bundle, scans, tmp_path / "background", background_writes=True)
+    assert len(threads) == 3 and all(name.startswith("mnet-writer") for name in threads), threads
+    for i in range(3):
+        inline = nib.load(tmp_path / "inline" / f"s{i}_seg.nii.gz")
+        background = nib.load(tmp_path / "background" / f"s{i}_seg.nii.gz")
+        np.testing.assert_array_equal(np.asarray(background.dataobj), np.asarray(inline.dataobj))
+        np.testing.assert_array_equal(background.affine, inline.affine)
+    assert sorted(p.name for p in (tmp_path / "background").iterdir()) == [f"s{i}_seg.nii.gz" for i in range(3)]
 
 
 def test_torchrun_splits_cases_and_matches_one_process(tmp_path):
