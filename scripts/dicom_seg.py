@@ -92,6 +92,15 @@ def _code(value, where: str):
     raise BundleInputError(f"{where}: expected an SCT keyword or a [scheme, value, meaning] triple, got {value!r}")
 
 
+# what a SEG must copy from its source images (highdicom refuses the series otherwise, after the network has run)
+SOURCE_REFERENCES = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "FrameOfReferenceUID")
+
+
+def missing_source_references(folder: str | os.PathLike) -> list[str]:
+    """The attributes a SEG references that some slice of the series lacks (anonymisers drop FrameOfReferenceUID)."""
+    return sorted({name for ds in read_headers(folder) for name in SOURCE_REFERENCES if not getattr(ds, name, None)})
+
+
 def segment_properties(names: dict[str, str], segments: dict | None) -> dict[int, dict]:
     """Per segment number (class k >= 1 of the plan's ``names``): its category and type codes and description.
 

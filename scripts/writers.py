@@ -24,7 +24,7 @@ from monai.transforms import SaveImaged
 from scripts.atomic import atomic_path
 from scripts.datalist import IMAGE_SUFFIXES, NIFTI_SUFFIXES, image_suffix
 from scripts.dicom import is_series_folder, require
-from scripts.dicom_seg import DicomSegWriter, segment_properties
+from scripts.dicom_seg import DicomSegWriter, missing_source_references, segment_properties
 from scripts.errors import BundleInputError
 from scripts.outputs import case_images
 from scripts.settings import as_bool
@@ -122,6 +122,12 @@ def writer_for(
                 raise BundleInputError(
                     f"{image}: --output_format dicom_seg needs DICOM series as input (a SEG references "
                     "its source slices), this is not a DICOM series folder; use the default --output_ext .nii.gz"
+                )
+            missing = missing_source_references(image)
+            if missing:
+                raise BundleInputError(
+                    f"{image}: --output_format dicom_seg cannot reference this series, its slices lack "
+                    f"{', '.join(missing)} (removed by an anonymiser?); use the default --output_ext .nii.gz"
                 )
         return functools.partial(AtomicDicomSegWriter, labels=labels, segments=segments)
     option = "--output_ext" if fmt.startswith(".") else "--output_format"

@@ -329,10 +329,10 @@ def test_dicom_seg_for_a_nifti_input_stops_at_start_up(tmp_path):
     assert_clean_failure(result, work, "scan.nii.gz: --output_format dicom_seg needs DICOM series as input")
 
 
-def test_dicom_seg_that_highdicom_refuses_ends_in_one_line_and_writes_nothing(tmp_path):
-    """A series MONAI reads but highdicom cannot reference (no FrameOfReferenceUID, some anonymisers drop it):
-    the SEG fails after the network ran, inside SaveImaged; the user sees one line naming the series and the
-    reason, exit status non-zero, no traceback on either stream, no file in the output folder."""
+def test_dicom_seg_of_a_series_without_its_references_is_refused_at_start_up(tmp_path):
+    """A series MONAI reads but a SEG cannot reference (no FrameOfReferenceUID, some anonymisers drop it): highdicom
+    refused it only after the network ran; now the run stops before any work, in one line naming the series and
+    the missing attribute, exit status non-zero, no traceback, nothing in the output folder."""
     pytest.importorskip("highdicom")
     scans, work = tmp_path / "scans", tmp_path / "work"
     write_series(scans / "s1", phantom(0))
@@ -343,11 +343,12 @@ def test_dicom_seg_that_highdicom_refuses_ends_in_one_line_and_writes_nothing(tm
     result = bundle("inference", work, scans, "--output_format", "dicom_seg", "--load_pretrain", "false")
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
-        f"ERROR: {scans / 's1'}: cannot write a DICOM SEG for this series: Source images have no Frame Of "
-        "Reference UID, but it is required by the IOD."
+        f"ERROR: {scans / 's1'}: --output_format dicom_seg cannot reference this series, its slices lack "
+        "FrameOfReferenceUID (removed by an anonymiser?); use the default --output_ext .nii.gz"
     ]
     assert "Traceback" not in result.stdout, result.stdout[-3000:]
-    assert list((work / "eval" / "predictions").iterdir()) == []
+    assert "Epoch" not in result.stdout  # the network never ran
+    assert not (work / "eval" / "predictions").exists() or list((work / "eval" / "predictions").iterdir()) == []
 
 
 # --- inference end to end --------------------------------------------------------------------------------------------
