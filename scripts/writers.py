@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 from monai.data import ITKWriter, NibabelWriter
-from monai.transforms import SaveImaged
+from monai.transforms import Compose, SaveImaged
 from scripts.atomic import atomic_path
 from scripts.datalist import IMAGE_SUFFIXES, NIFTI_SUFFIXES, image_suffix
 from scripts.dicom import is_series_folder, require
@@ -149,26 +149,29 @@ def writer_for(
     )
 
 
-class BackgroundPostprocessing:
-    """Run a per-case postprocessing (softmax, inversion to the input geometry, argmax, write) in one worker thread,
-    so the sliding window of the next case starts at once instead of waiting for resampling and gzip.
+class BackgroundPostprocessing(Compose):
+    """The per-case postprocessing (softmax, inversion to the input geometry, argmax, write), run in one worker
+    thread when ``enabled``, so the sliding window of the next case starts at once instead of waiting for resampling
+    and gzip.
 
-    At most ``max_pending`` cases wait for the worker (each holds its class probabilities: this bounds memory); a
-    worker error is raised at the next case or at the end of the run. As an Ignite handler (in the evaluator's
-    handlers) it waits for the last write before the run counts as completed. ``enabled=False`` runs in line.
-    Only for runs whose metrics do not need the postprocessed output (inference, not evaluation).
+    A ``Compose`` of the postprocessing transforms, so it is inference.json's ``postprocessing`` itself: the zoo's
+    property check wants the evaluator's postprocessing to be ``@postprocessing``, and MONAI Label takes the
+    ``transforms`` of that Compose and runs them its own way. At most ``max_pending`` cases wait for the worker (each
+    holds its class probabilities: this bounds memory); a worker error is raised at the next case or at the end of
+    the run. As an Ignite handler (in the evaluator's handlers) it waits for the last write before the run counts as
+    completed. ``enabled=False`` runs in line. Only for runs whose metrics do not need the postprocessed output.
     """
 
-    def __init__(self, transform: Callable, max_pending: int = 1, enabled: bool = True):
-        self.transform = transform
+    def __init__(self, transforms: Sequence[Callable] | Callable, max_pending: int = 1, enabled: bool = True):
+        super().__init__(transforms)
         self.max_pending = max(1, int(max_pending))
         self.enabled = as_bool(enabled, "background_writes")
         self._pending: deque[Future] = deque()
         self._executor: ThreadPoolExecutor | None = None
 
-    def __call__(self, data: dict) -> dict:
+    def __call__(self, data, *args, **kwargs):
         if not self.enabled:
-            return self.transform(data)
+            return super().__call__(data, *args, **kwargs)
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mnet-writer")
         while self._pending and (len(self._pending) >= self.max_pending or self._pending[0].done()):
@@ -178,7 +181,7 @@ class BackgroundPostprocessing:
 
     def _run(self, data: dict) -> dict:
         with torch.no_grad():
-            return self.transform(data)
+            return super().__call__(data)
 
     def wait(self, engine: Engine | None = None) -> None:
         """Block until every submitted case is written; raise the first worker error."""

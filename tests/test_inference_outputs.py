@@ -134,7 +134,7 @@ def test_background_postprocessing_overlaps_and_reports_errors():
         done.append(data["i"])
         return data
 
-    post = BackgroundPostprocessing(slow, max_pending=1)
+    post = BackgroundPostprocessing([slow], max_pending=1)
     assert post({"i": 0}) == {"i": 0}  # returns at once, the work runs in the worker
     assert started.wait(10) and done == []
     release.set()
@@ -145,10 +145,11 @@ def test_background_postprocessing_overlaps_and_reports_errors():
     def broken(data):
         raise RuntimeError("disk full")
 
-    post = BackgroundPostprocessing(broken)
+    post = BackgroundPostprocessing([broken])
     post({"i": 0})
-    with pytest.raises(RuntimeError, match="disk full"):
+    with pytest.raises(RuntimeError) as info:  # Compose wraps it ("applying transform ..."), the cause chained
         post.wait()
+    assert "disk full" in str(info.value.__cause__)
 
 
 # --- the configs, end to end ----------------------------------------------------------------------------------------
