@@ -6,6 +6,7 @@ at a few seconds each.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -171,3 +172,25 @@ def test_output_folder_not_writable(dataset: Path, tmp_path: Path):
     )
     assert message.endswith("not_a_folder/pred: output folder cannot be created, " + str(blocker) + " is not a folder")
     assert files_under(tmp_path / "work") == []
+
+
+def test_full_disk_during_training_is_one_line_without_a_traceback(dataset: Path, tmp_path: Path, monkeypatch, capsys):
+    """A BundleInputError raised in a training handler (the disk fills up while a checkpoint is saved) ends the run
+    as its one line: StatsHandler used to log it first with a traceback screens long."""
+    import scripts.atomic
+
+    work = tmp_path / "work"
+    real_fsync = scripts.atomic._fsync
+
+    def full_disk(path: str) -> None:
+        if (work / "models") in Path(path).parents:
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        real_fsync(path)
+
+    monkeypatch.setattr(scripts.atomic, "_fsync", full_disk)
+    capsys.readouterr()
+    message = in_process(["configs/train.json"], work, dataset, val_interval=1)
+    assert "cannot write, no space left on the disk holding" in message, message
+    log = capsys.readouterr()
+    assert "Traceback" not in log.out + log.err, (log.out + log.err)[-3000:]
+    assert [p.name for p in (work / "models").iterdir() if p.is_file()] == []
