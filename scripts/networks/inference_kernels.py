@@ -11,6 +11,8 @@ takes PyTorch's op.
 """
 
 # no `from __future__ import annotations`: TorchScript cannot resolve string annotations of a jit.unused function
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -94,6 +96,32 @@ def _double(x: torch.Tensor, dim: int) -> torch.Tensor:
     return out.flatten(dim, dim + 1)
 
 
+_ROW_MAJOR_WEIGHTS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+@torch.jit.unused
+def row_major_weight(owner: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    """``_row_major(weight)``, kept per module until the weight changes (its storage, version counter or strides):
+    channels_last and thick-first-viewed weights were copied again at every call of every inference convolution
+    (~5 % of a CPU inference forward, docs/benchmarks.md). Held outside the module: no new attribute or state."""
+    key = (weight.data_ptr(), weight._version, tuple(weight.shape), tuple(weight.stride()))
+    cached = _ROW_MAJOR_WEIGHTS.get(owner)
+    if cached is None or cached[0] != key:
+        cached = (key, _row_major(weight.detach()))
+        _ROW_MAJOR_WEIGHTS[owner] = cached
+    return cached[1]
+
+
+def conv3d_of(
+    owner: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: list[int], fast: bool
+) -> torch.Tensor:
+    """``conv3d`` for a module's own weight: the batch-1 oneDNN path reuses the module's row-major copy. Eager
+    only: modules call it under ``not torch.jit.is_scripting()`` and take ``conv3d`` in TorchScript."""
+    if fast and x.shape[0] == 1 and x.dtype == torch.float32 and _fast_path(x, fast):
+        return _onednn_conv3d(x, row_major_weight(owner, weight), bias, padding)
+    return F.conv3d(x, weight, bias, 1, padding)
+
+
 class InferenceConv3d(nn.Conv3d):
     """``nn.Conv3d`` (stride 1, same parameters and state_dict) whose batch-1 CPU inference runs through oneDNN."""
 
@@ -102,4 +130,6 @@ class InferenceConv3d(nn.Conv3d):
         self.stride_one_padding = [int(p) for p in self.padding]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return conv3d(x, self.weight, self.bias, self.stride_one_padding, True)
+        if torch.jit.is_scripting():
+            return conv3d(x, self.weight, self.bias, self.stride_one_padding, True)
+        return conv3d_of(self, x, self.weight, self.bias, self.stride_one_padding, True)

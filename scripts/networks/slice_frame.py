@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from scripts.networks.inference_kernels import conv3d
+from scripts.networks.inference_kernels import conv3d, conv3d_of
 from torch import nn
 
 
@@ -51,7 +51,9 @@ class ThickFirstConv3d(nn.Conv3d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight.movedim(self.stored_dim, 2)
         if not (self.slice_conv and self.training):  # not from the strides: a 1-channel input fits both layouts
-            return conv3d(x, weight, self.bias, self.thick_first_padding, self.fast)
+            if torch.jit.is_scripting():
+                return conv3d(x, weight, self.bias, self.thick_first_padding, self.fast)
+            return conv3d_of(self, x, weight, self.bias, self.thick_first_padding, self.fast)
         n, depth, h, w = x.shape[0], x.shape[2], x.shape[3], x.shape[4]
         slices = x.transpose(1, 2).reshape(n * depth, x.shape[1], h, w)  # a view: x is stored (N, thick, H, W, C)
         out = F.conv2d(slices, weight.squeeze(2), self.bias, 1, self.thick_first_padding[1:])
