@@ -92,7 +92,11 @@ def test_unknown_size_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_mnet_learns_on_5mm(tmp_path):
-    """The CPU budget is enough for MNet to find the organ on the 5 mm phantoms (chance: Dice ~ organ fraction)."""
-    result = study.run_study(tmp_path, size="cpu", device="cpu", spacings=(5.0,), models=("mnet_sub",), threads=1)
+    """MNet finds the organ on the 5 mm phantoms (chance: Dice ~ organ fraction) with 300 iterations of the CPU
+    size: the study's own 60 swing between 18 and 76 % organ Dice from run to run (docs/study.md), and this test,
+    written with 60, had never passed (0.35, 0.13, 0.26 on the commits since it was added)."""
+    result = study.run_study(
+        tmp_path, size="cpu", device="cpu", spacings=(5.0,), models=("mnet_sub",), threads=1, iterations=300
+    )
     organ = result["table"]["mnet_sub"]["5 mm"]["dice"]["organ"]["mean"]
     assert organ > 0.5, organ
