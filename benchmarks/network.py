@@ -44,8 +44,8 @@ VARIANTS: dict[str, tuple[dict | None, bool]] = {
     "mnet+group_norm+channels_last": ({"group_norm": True, "channels_last": True}, False),
     "mnet+merge_first": ({"merge_first": True}, False),
     "mnet+cpu": (CPU, False),
-    "mnet+cpu-thick_first": ({**CPU, "thick_first": False}, False),  # the CPU preset before 2026-12-02 16:30
-    "mnet+cpu-channels_last": ({**CPU, "channels_last": False, "thick_first": False}, False),  # ... before 13:00
+    "mnet+cpu-channels_last": ({**CPU, "channels_last": False}, False),  # the CPU preset before 2026-12-02
+    "mnet+cpu+thick_first": ({**CPU, "thick_first": True}, False),  # measured at the noise level: opt-in
     "mnet+channels_last+thick_first": ({"channels_last": True, "thick_first": True}, False),  # the GPU lever
     "mnet+checkpointing": ({"checkpointing": True}, False),
     "mnet+group_norm+checkpointing": ({"group_norm": True, "checkpointing": True}, False),

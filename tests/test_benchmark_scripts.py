@@ -73,8 +73,8 @@ def test_network_benchmark_runs_the_preset_layout():
     assert conv_weights_channels_last("mnet+cpu") == {True}
     assert conv_weights_channels_last("mnet+cpu-channels_last") == {False}
     thick_first = {name: Runner(name, torch.device("cpu"), (16, 16, 8)).base.thick_first
-                   for name in ("mnet+cpu", "mnet+cpu-thick_first", "mnet+cpu-channels_last")}  # fmt: skip
-    assert thick_first == {"mnet+cpu": True, "mnet+cpu-thick_first": False, "mnet+cpu-channels_last": False}
+                   for name in ("mnet+cpu", "mnet+cpu+thick_first", "mnet+cpu-channels_last")}  # fmt: skip
+    assert thick_first == {"mnet+cpu": False, "mnet+cpu+thick_first": True, "mnet+cpu-channels_last": False}
 
 
 def test_omp_wait_policy_reads_iteration_times_from_the_training_log():

@@ -189,8 +189,8 @@ def test_unknown_preset_and_options_type_are_refused():
 
 @pytest.mark.parametrize("thick_axis", [-1, 0, 1])
 def test_thick_first_runs_the_2d_blocks_as_conv2d_in_training_only(monkeypatch, thick_axis):
-    """The lever is not a no-op: with the CPU preset every 2D-block convolution is one conv2d over (batch x slices)
-    in training, none in inference, and the logits come back in the caller's axis order."""
+    """The lever is not a no-op: with the CPU preset and thick_first every 2D-block convolution is one conv2d over
+    (batch x slices) in training, none in inference, and the logits come back in the caller's axis order."""
     from scripts.networks import slice_frame
 
     calls = []
@@ -201,7 +201,7 @@ def test_thick_first_runs_the_2d_blocks_as_conv2d_in_training_only(monkeypatch, 
         return conv2d(x, *args)
 
     monkeypatch.setattr(slice_frame.F, "conv2d", counting)
-    net = MNet(1, 3, kn=TINY, thick_axis=thick_axis, options=MNetOptions.cpu())
+    net = MNet(1, 3, kn=TINY, thick_axis=thick_axis, options=replace(MNetOptions.cpu(), thick_first=True))
     shape = [32, 32, 32]
     shape[thick_axis] = 8
     convs_2d = sum(1 for name, _ in net.named_modules() if ".block_2d.conv" in name and name.endswith(".conv"))

@@ -42,7 +42,7 @@ class MNetOptions:
     @classmethod
     def cpu(cls) -> MNetOptions:
         """Measured fastest on the CPU (docs/benchmarks.md)."""
-        return cls(group_norm=True, merge_first=True, fast_inference=True, channels_last=True, thick_first=True)
+        return cls(group_norm=True, merge_first=True, fast_inference=True, channels_last=True)
 
     @classmethod
     def gpu(cls) -> MNetOptions:
