@@ -1,4 +1,4 @@
-"""Forward + backward time of MNet's convolutions in each memory layout that the speed levers use.
+"""Forward + backward time of MNet's convolutions and norms in each memory layout that the speed levers use.
 
 Why: MNet's train step is ~80 % convolution (forward and backward), so the layout oneDNN/cuDNN runs them in decides
 most of the speed. Measured here, per convolution at the shapes of MNet's levels (batch 2, thick axis last):
@@ -23,7 +23,8 @@ from benchmarks.common import timed, write_json
 # (channels, in-plane size, thick-axis depth) of MNet's first three levels at the 128x128x16 benchmark patch
 LEVELS = [(32, 128, 16), (48, 64, 16), (64, 32, 8)]
 LAYOUTS = ["conv3d_331", "conv3d_331_channels_last", "conv3d_133_thick_first", "conv2d_view", "conv3d_333",
-           "conv3d_333_channels_last"]  # fmt: skip
+           "conv3d_333_channels_last", "group_norm", "group_norm_channels_last", "instance_norm",
+           "instance_norm_channels_last"]  # fmt: skip
 
 
 @dataclass
@@ -62,6 +63,14 @@ def level_cases(channels: int, size: int, depth: int, device: torch.device) -> d
     x_view = _leaf(x_first, cl3d)  # physically (N, D, H, W, C): (N*D, C, H, W) is a channels_last view
     w2d = _leaf(w_first[:, :, 0], torch.channels_last)
 
+    gamma = _leaf(torch.rand(channels, generator=g).to(device) + 0.5)
+
+    def group_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(x, channels, w, b)
+
+    def instance_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return F.instance_norm(x, weight=w, bias=b)
+
     def conv2d_view(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         flat = x.permute(0, 2, 1, 3, 4).reshape(n * depth, channels, size, size)
         return F.conv2d(flat, w, b, padding=1)
@@ -73,6 +82,11 @@ def level_cases(channels: int, size: int, depth: int, device: torch.device) -> d
         "conv2d_view": Case(conv2d_view, x_view, w2d, b),
         "conv3d_333": Case(F.conv3d, _leaf(x), _leaf(w333), b, {"padding": 1}),
         "conv3d_333_channels_last": Case(F.conv3d, _leaf(x, cl3d), _leaf(w333, cl3d), b, {"padding": 1}),
+        # the norm after each of those convolutions (affine, one group per channel): its CPU kernels differ by layout
+        "group_norm": Case(group_norm, _leaf(x), gamma, b),
+        "group_norm_channels_last": Case(group_norm, _leaf(x, cl3d), gamma, b),
+        "instance_norm": Case(instance_norm, _leaf(x), gamma, b),
+        "instance_norm_channels_last": Case(instance_norm, _leaf(x, cl3d), gamma, b),
     }
 
 

@@ -51,6 +51,9 @@ def test_conv_layouts_compute_the_same_convolution(tmp_path, monkeypatch):
         outputs[name] = y
     for name, y in outputs.items():
         torch.testing.assert_close(y, outputs["conv3d_331"], rtol=1e-5, atol=1e-5, msg=name)
+    norms = {name: cases[name]().detach() for name in conv_layouts.LAYOUTS if "norm" in name}
+    for name, y in norms.items():  # one group per channel is instance norm, in either layout
+        torch.testing.assert_close(y, norms["group_norm"], rtol=1e-4, atol=1e-4, msg=name)
     monkeypatch.setattr(conv_layouts, "LEVELS", [(4, 8, 3)])
     conv_layouts.main(["--repeats", "1", "--out", str(tmp_path / "conv.json")])
     saved = json.loads((tmp_path / "conv.json").read_text())

@@ -26,11 +26,16 @@ def _fast_path(x: torch.Tensor, enabled: bool) -> bool:
     return not torch.onnx.is_in_onnx_export()
 
 
+def _onednn_conv(x: torch.Tensor, fast: bool) -> bool:
+    """Where PyTorch's heuristic picks its slow reference kernel and oneDNN is exact: batch-1 float32 CPU inference."""
+    return x.shape[0] == 1 and x.dtype == torch.float32 and _fast_path(x, fast)
+
+
 def conv3d(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: list[int], fast: bool = False
 ) -> torch.Tensor:
     """``F.conv3d(x, weight, bias, stride=1, padding=padding)``; batch-1 float32 inference through oneDNN."""
-    if x.shape[0] == 1 and x.dtype == torch.float32 and _fast_path(x, fast):
+    if _onednn_conv(x, fast):
         return _onednn_conv3d(x, weight, bias, padding)
     return F.conv3d(x, weight, bias, 1, padding)
 
@@ -117,7 +122,7 @@ def conv3d_of(
 ) -> torch.Tensor:
     """``conv3d`` for a module's own weight: the batch-1 oneDNN path reuses the module's row-major copy. Eager
     only: modules call it under ``not torch.jit.is_scripting()`` and take ``conv3d`` in TorchScript."""
-    if fast and x.shape[0] == 1 and x.dtype == torch.float32 and _fast_path(x, fast):
+    if _onednn_conv(x, fast):
         return _onednn_conv3d(x, row_major_weight(owner, weight), bias, padding)
     return F.conv3d(x, weight, bias, 1, padding)
 
