@@ -4,8 +4,9 @@ Why: a 2D block's (3,3,1) kernel is a 2D convolution of every slice. With activa
 in memory (``channels_last_3d`` of the thick-axis-first tensor), the batch and the slices fold into one axis without
 a copy, and the convolution runs as ``conv2d`` on a channels_last (N x slices, C, H, W) view: oneDNN's and cuDNN's
 tuned 2D kernels instead of a degenerate 3D one (benchmarks/conv_layouts.py on the CPU: 0.86x the channels_last
-conv3d's forward + backward at MNet's first two levels in one run, 1.05-1.18x in another; opt-in, docs/benchmarks.md). Every other op (3x3x3 conv, norm, pooling,
-interpolation, merging) keeps standard ``channels_last_3d`` inputs, so nothing is copied between layers.
+conv3d's forward + backward at MNet's first two levels in one run, 1.05-1.18x in another; opt-in,
+docs/benchmarks.md). Every other op (3x3x3 conv, norm, pooling, interpolation, merging) keeps standard
+``channels_last_3d`` inputs, so nothing is copied between layers.
 
 The parameters stay as the reference stores them (kernels (3,3,1) for a thick last axis): the convolution views its
 weight in the thick-first frame at every call, so the state_dict, checkpoints and exports are unchanged.
