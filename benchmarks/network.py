@@ -50,6 +50,7 @@ VARIANTS: dict[str, tuple[dict | None, bool]] = {
     "mnet+checkpointing": ({"checkpointing": True}, False),
     "mnet+group_norm+checkpointing": ({"group_norm": True, "checkpointing": True}, False),
     "mnet+compile": ({}, True),
+    "mnet+cpu+compile": (CPU, True),
 }
 # the peer, the reference path, the configs' CPU settings step by step, and the memory option
 DEFAULT_MODELS = ["dynunet", "mnet", "mnet+group_norm", "mnet+cpu", "mnet+group_norm+checkpointing"]

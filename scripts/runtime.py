@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 from monai.utils import set_determinism
+from scripts.errors import BundleInputError
 from scripts.settings import as_bool
 
 logger = logging.getLogger("mnet.runtime")
@@ -29,6 +30,23 @@ def configure(seed: int | None = 0, cudnn_benchmark: object = True) -> None:
 def use_amp(amp: object, device: str | torch.device) -> bool:
     """Mixed precision where it pays and works: on CUDA devices, when ``amp`` is on."""
     return as_bool(amp, "amp") and torch.device(device).type == "cuda"
+
+
+AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def amp_kwargs(dtype: str = "float16") -> dict:
+    """``torch.autocast`` arguments for MONAI's engines: float16 (with loss scaling) or bfloat16 (float32's exponent
+    range, no overflow; Ampere and newer GPUs). A one-line error for anything else, before any case is read."""
+    if dtype not in AMP_DTYPES:
+        raise BundleInputError(f"--amp_dtype: expected one of {', '.join(AMP_DTYPES)}, got {dtype!r}")
+    return {"dtype": AMP_DTYPES[dtype]}
+
+
+def use_compile(compile: object) -> bool:
+    """``torch.compile`` of the network by MONAI's engines (``compile_options`` are its keyword arguments, e.g.
+    ``{'mode': 'reduce-overhead'}`` for CUDA graphs). Off by default: compiling takes minutes (docs/benchmarks.md)."""
+    return as_bool(compile, "compile")
 
 
 def volume_device(volume_on_cpu: object, device: str | torch.device) -> str | None:

@@ -76,3 +76,45 @@ def test_speed_preset_follows_the_device(config, device, expected):
     parser["speed_preset"] = "reference"
     parser["activation_checkpointing"] = "true"
     assert parser.get_parsed_content("network_def").options == MNetOptions(checkpointing=True)
+
+
+def _tiny_training_parser(tmp_path, **overrides) -> ConfigParser:
+    write_dataset(tmp_path, num_cases=6, num_test=1, seed=0, inplane_range=(40, 44), slices_range=(8, 9))
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE_ROOT / "configs/train.json"))
+    parser.update(
+        {"dataset_dir": str(tmp_path), "bundle_root": str(tmp_path), "kn": [4, 4, 6, 6, 8],
+         "plan_file": str(BUNDLE_ROOT / "configs/plan.json"),
+         "patch_size": [32, 32, 8], "num_workers": 0, "cache_rate": 0.0, **overrides}
+    )  # fmt: skip
+    return parser
+
+
+@pytest.mark.parametrize("flag,compiled", [(False, False), ("false", False), ("true", True)])
+def test_compile_setting_reaches_both_engines(tmp_path, flag, compiled):
+    """`compile` hands the network to torch.compile in the trainer and in its validation (MONAI's engines do it, with
+    `compile_options` as the keyword arguments); the network the checkpoints save stays the plain module."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    parser = _tiny_training_parser(tmp_path, compile=flag, compile_options={"backend": "eager"})
+    trainer = parser.get_parsed_content("train#trainer")
+    evaluator = parser.get_parsed_content("validate#evaluator")
+    assert isinstance(trainer.network, OptimizedModule) is compiled
+    assert isinstance(evaluator.network, OptimizedModule) is compiled
+    assert not isinstance(parser.get_parsed_content("network"), OptimizedModule)
+
+
+@pytest.mark.parametrize("dtype,expected", [("float16", torch.float16), ("bfloat16", torch.bfloat16)])
+def test_amp_dtype_setting_reaches_both_engines(tmp_path, dtype, expected):
+    """`amp_dtype bfloat16` selects bf16 autocast (Ampere and newer GPUs: no overflow, no loss scaling needed)."""
+    parser = _tiny_training_parser(tmp_path, amp_dtype=dtype)
+    assert parser.get_parsed_content("train#trainer").amp_kwargs["dtype"] is expected
+    assert parser.get_parsed_content("validate#evaluator").amp_kwargs["dtype"] is expected
+
+
+def test_an_unknown_amp_dtype_is_one_line():
+    from scripts.errors import BundleInputError
+    from scripts.runtime import amp_kwargs
+
+    with pytest.raises(BundleInputError, match=r"--amp_dtype: expected one of float16, bfloat16, got 'float32'"):
+        amp_kwargs("float32")

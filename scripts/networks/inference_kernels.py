@@ -7,7 +7,7 @@ the even and odd slices per pooled axis, and linear x2 upsampling (align_corners
 its source voxel plus 0.25 of the neighbour on its side (the edge voxel at the borders); convolutions go to oneDNN.
 The results equal PyTorch's (pooling bit for bit, the rest to float rounding). They run only where autograd is off
 (training keeps PyTorch's ops and their backward), on the CPU, outside TorchScript and ONNX export; anything else
-takes PyTorch's op.
+takes PyTorch's op, and so does ``torch.compile`` (it picks its own kernels).
 """
 
 # no `from __future__ import annotations`: TorchScript cannot resolve string annotations of a jit.unused function
@@ -21,9 +21,11 @@ MKLDNN = torch.backends.mkldnn.is_available()
 
 
 def _fast_path(x: torch.Tensor, enabled: bool) -> bool:
+    """Eager CPU inference only: under ``torch.compile`` the compiler picks the kernels (and cannot trace oneDNN's
+    op with fake tensors), in training PyTorch's ops keep their backward."""
     if not enabled or torch.jit.is_scripting() or torch.is_grad_enabled() or x.device.type != "cpu":
         return False
-    return not torch.onnx.is_in_onnx_export()
+    return not (torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
 
 
 def _onednn_conv(x: torch.Tensor, fast: bool) -> bool:
