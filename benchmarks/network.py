@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import platform
 import statistics
 import subprocess
@@ -40,6 +41,7 @@ CPU = asdict(MNetOptions.cpu())  # what the configs' `speed_preset` picks on the
 VARIANTS: dict[str, tuple[dict | None, bool]] = {
     "dynunet": (None, False),
     "mnet": ({}, False),
+    "mnet+channels_last": ({"channels_last": True}, False),  # the GPU's layout lever alone
     "mnet+group_norm": ({"group_norm": True}, False),
     "mnet+group_norm+channels_last": ({"group_norm": True, "channels_last": True}, False),
     "mnet+merge_first": ({"merge_first": True}, False),
@@ -333,6 +335,53 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+# the numbers the issue tracker measures progress against: the last full run on each device
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "benchmark_results"
+BASELINES = {
+    "cpu": RESULTS / "network_cpu_session_end_2026-12-02.json",
+    "cuda": RESULTS / "network_h200_fp16_2026-11-28.json",
+}
+
+
+def against_baseline(report: dict, baseline: dict) -> list[dict]:
+    """Each model's ratios to DynUNet now and in ``baseline`` (absolute times move with the host, ratios less);
+    only models in both runs, and only when both ran the same patch."""
+    if baseline.get("patch") != report["patch"]:
+        return []
+    before = {row["name"]: row for row in baseline["models"]}
+    rows = []
+    for row in report["models"]:
+        old = before.get(row["name"])
+        if old is None:
+            continue
+        rows.append(
+            {
+                "name": row["name"],
+                **{f"{k}_baseline": old.get(k) for k in ("train_ratio_vs_dynunet", "infer_ratio_vs_dynunet")},
+                **{f"{k}_now": row.get(k) for k in ("train_ratio_vs_dynunet", "infer_ratio_vs_dynunet")},
+            }
+        )
+    return rows
+
+
+def format_baseline_table(report: dict) -> str:
+    def fmt(value) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    lines = [
+        f"against {report['baseline']['path']} ({report['baseline']['date']}):",
+        "",
+        "| model | train / DynUNet then | now | infer / DynUNet then | now |",
+        "|---|---|---|---|---|",
+    ]
+    for r in report["baseline"]["models"]:
+        lines.append(
+            f"| {r['name']} | {fmt(r['train_ratio_vs_dynunet_baseline'])} | {fmt(r['train_ratio_vs_dynunet_now'])} "
+            f"| {fmt(r['infer_ratio_vs_dynunet_baseline'])} | {fmt(r['infer_ratio_vs_dynunet_now'])} |"
+        )
+    return "\n".join(lines)
+
+
 def main(
     device: str = "cpu",
     repeats: int = 3,
@@ -345,8 +394,10 @@ def main(
     patch: list[int] | None = None,
     amp_dtype: str = "float16",
     cudnn: str = "benchmark",
+    baseline: str | None = None,
 ) -> dict:
-    """Measure, print a markdown table, write the JSON report to ``out`` and return it."""
+    """Measure, print a markdown table (and the ratios against ``baseline``, by default the device's entry of
+    BASELINES), write the JSON report to ``out`` and return it."""
     torch_device = resolve_device(device)
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -365,6 +416,13 @@ def main(
     print(f"{report['date']}  torch {report['torch']}  {report['device_name']}  {report['threads']} threads  "
           f"patch {report['patch']}  peak matmul {report['peak_gflops']} GFLOP/s{amp}")  # fmt: skip
     print(format_table(report))
+    baseline_path = Path(baseline) if baseline else BASELINES.get(torch_device.type)
+    if baseline_path is not None and baseline_path.is_file():
+        previous = json.loads(baseline_path.read_text())
+        rows = against_baseline(report, previous)
+        report["baseline"] = {"path": str(baseline_path), "date": previous.get("date"), "models": rows}
+        if rows:
+            print(format_baseline_table(report))
     write_json(report, out)
     return report
 
@@ -382,6 +440,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--patch", type=int, nargs=3, help="override the patch (x y z), thick axis last")
     parser.add_argument("--amp-dtype", default="float16", choices=["float16", "bfloat16"], help="CUDA autocast")
     parser.add_argument("--cudnn", default="benchmark", choices=["benchmark", "deterministic"], help="cuDNN mode")
+    parser.add_argument("--baseline", help="an earlier JSON report to compare the ratios with (default per device)")
     parser.add_argument("--measure-memory", metavar="MODEL", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -406,4 +465,5 @@ if __name__ == "__main__":
             patch=args.patch,
             amp_dtype=args.amp_dtype,
             cudnn=args.cudnn,
+            baseline=args.baseline,
         )

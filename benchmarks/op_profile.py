@@ -4,7 +4,9 @@ The network benchmark says how far MNet is from DynUNet; this says why. Each mod
 up, then one train step and one inference forward run under ``torch.profiler``. Operators are ranked by their own
 (self) time, on the CPU or, with ``--device cuda``, on the GPU; each row gives calls, milliseconds and the share of
 the phase's total, and every operator also falls into one coarse kind (convolution, norm, ...) so that two networks
-can be compared kind by kind. Prints markdown tables and writes JSON (default ``benchmarks/results/op_profile.json``).
+can be compared kind by kind; the convolutions' FLOP rate (the network's forward FLOPs, x6 for a batch-2 train step,
+over the convolutions' time) shows what many small convolutions cost against few large ones. Prints markdown
+tables and writes JSON (default ``benchmarks/results/op_profile.json``).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import sys
 
 import torch
 from benchmarks.common import write_json
-from benchmarks.network import FULL_PATCH, QUICK_PATCH, VARIANTS, Runner, cpu_model, resolve_device
+from benchmarks.network import FULL_PATCH, QUICK_PATCH, VARIANTS, Runner, cpu_model, forward_gflop, resolve_device
 from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
 
 # (kind, substrings of an aten operator's name); the first kind that matches wins, the rest is "other"
 KINDS: list[tuple[str, tuple[str, ...]]] = [
@@ -36,6 +39,19 @@ def kind_of(name: str) -> str:
         if any(part in lowered for part in parts):
             return kind
     return "other"
+
+
+class ConvolutionCounter(TorchDispatchMode):
+    """Convolutions as the network asks for them (forward and backward), one per call: the profiler also lists the
+    backend kernel each ``aten::convolution`` dispatches to, so its counts include every call twice or more."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += "conv" in func.__name__
+        return func(*args, **(kwargs or {}))
 
 
 def profile_phase(fn, device: torch.device, top: int) -> dict:
@@ -62,11 +78,13 @@ def profile_phase(fn, device: torch.device, top: int) -> dict:
     kinds: dict[str, float] = {}
     for e in events:
         kinds[kind_of(e.key)] = kinds.get(kind_of(e.key), 0.0) + getattr(e, attribute) / total_us
+    with ConvolutionCounter() as counter:
+        fn()
     return {
         "total_ms": round(total_us / 1000, 1),
         "top": rows[:top],
         "kinds": {k: round(v, 4) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
-        "convolution_calls": sum(r["calls"] for r in rows if r["kind"] == "convolution"),
+        "convolution_calls": counter.calls,
     }
 
 
@@ -84,37 +102,43 @@ def run_profile(models: list[str], device: torch.device, patch: tuple[int, int, 
     for name in models:
         runner = Runner(name, device, patch)
         runner.train_step(), runner.infer()  # warm-up: first-call allocations, cuDNN autotuning, compilation
-        report["models"][name] = {
-            "train": profile_phase(runner.train_step, device, top),
-            "infer": profile_phase(runner.infer, device, top),
-        }
+        gflop = forward_gflop(name, patch)
+        phases = {phase: profile_phase(fn, device, top) for phase, fn in (("train", runner.train_step),
+                                                                          ("infer", runner.infer))}  # fmt: skip
+        # the rate the convolutions run at: the same FLOPs in more, smaller convolutions run slower
+        for phase, work in (("train", 3 * 2 * gflop), ("infer", gflop)):  # train: batch 2, backward ~ 2x forward
+            conv_s = phases[phase]["total_ms"] * phases[phase]["kinds"].get("convolution", 0.0) / 1000
+            phases[phase]["convolution_gflops"] = round(work / conv_s, 1) if conv_s else None
+        report["models"][name] = {"gflop_fwd": round(gflop, 1), **phases}
         print(f"{name}: profiled", file=sys.stderr, flush=True)  # progress
     return report
 
 
+def _row(*cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
 def format_tables(report: dict) -> str:
     lines = []
-    kinds = [k for k, _ in KINDS] + ["other"]
+    names = list(report["models"])
     for phase in ("train", "infer"):
-        names = list(report["models"])
-        lines += [f"\n{phase}: share of {report['time']} by kind", "", "| kind | " + " | ".join(names) + " |"]
-        lines.append("|" + "---|" * (len(names) + 1))
-        lines.append("| total ms | " + " | ".join(f"{report['models'][n][phase]['total_ms']:.0f}" for n in names) + " |")
-        for kind in kinds:
-            cells = [f"{100 * report['models'][n][phase]['kinds'].get(kind, 0.0):.1f} %" for n in names]
-            lines.append(f"| {kind} | " + " | ".join(cells) + " |")
-        calls = [str(report["models"][n][phase]["convolution_calls"]) for n in names]
-        lines.append("| convolution calls | " + " | ".join(calls) + " |")
-        for name in names:
-            lines += [f"\n{name}, {phase}: top operators", "", "| op | kind | calls | ms | share |", "|---|---|---|---|---|"]
-            for row in report["models"][name][phase]["top"]:
-                lines.append(
-                    f"| {row['op']} | {row['kind']} | {row['calls']} | {row['ms']:.1f} | {100 * row['share']:.1f} % |"
-                )
+        results = [report["models"][n][phase] for n in names]
+        lines += [f"\n{phase}: share of {report['time']} by kind", "", _row("kind", *names)]
+        lines.append("|---" * (len(names) + 1) + "|")
+        lines.append(_row("total ms", *(f"{r['total_ms']:.0f}" for r in results)))
+        for kind in [k for k, _ in KINDS] + ["other"]:
+            lines.append(_row(kind, *(f"{100 * r['kinds'].get(kind, 0.0):.1f} %" for r in results)))
+        lines.append(_row("convolution calls", *(r["convolution_calls"] for r in results)))
+        lines.append(_row("convolution GFLOP/s", *(r["convolution_gflops"] for r in results)))
+        for name, result in zip(names, results):
+            lines += [f"\n{name}, {phase}: top operators", "", _row("op", "kind", "calls", "ms", "share")]
+            lines.append("|---" * 5 + "|")
+            for op in result["top"]:
+                lines.append(_row(op["op"], op["kind"], op["calls"], f"{op['ms']:.1f}", f"{100 * op['share']:.1f} %"))
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--models", nargs="+", choices=list(VARIANTS), default=["dynunet", "mnet+cpu"])
@@ -123,7 +147,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--top", type=int, default=12, help="operators listed per model and phase")
     parser.add_argument("--out", default="benchmarks/results/op_profile.json")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     patch = tuple(args.patch) if args.patch else (QUICK_PATCH if args.quick else FULL_PATCH)

@@ -94,3 +94,83 @@ def test_omp_wait_policy_reads_iteration_times_from_the_training_log():
         ]
     )
     assert omp_wait_policy.iteration_times(log) == [2.5, 1.25]
+
+
+def test_network_benchmark_compares_its_ratios_with_an_earlier_run(tmp_path):
+    """`make bench` prints the ratios to DynUNet next to those of the last recorded run (the JSON of that run)."""
+    from benchmarks import network
+
+    first = network.main(quick=True, models=["dynunet", "mnet"], memory=False, out=str(tmp_path / "a.json"))
+    assert first["baseline"]["models"] == []  # the recorded CPU run used another patch: nothing to compare
+    second = network.main(quick=True, models=["mnet", "dynunet"], memory=False, out=str(tmp_path / "b.json"),
+                          baseline=str(tmp_path / "a.json"))  # fmt: skip
+    rows = {r["name"]: r for r in json.loads((tmp_path / "b.json").read_text())["baseline"]["models"]}
+    assert set(rows) == {"mnet", "dynunet"}
+    before = {r["name"]: r for r in first["models"]}
+    now = {r["name"]: r for r in second["models"]}
+    assert rows["mnet"]["train_ratio_vs_dynunet_baseline"] == before["mnet"]["train_ratio_vs_dynunet"]
+    assert rows["mnet"]["infer_ratio_vs_dynunet_now"] == now["mnet"]["infer_ratio_vs_dynunet"]
+    assert rows["dynunet"]["train_ratio_vs_dynunet_now"] == 1.0
+
+
+def test_op_profile_ranks_operators_and_kinds(tmp_path):
+    """The profile's shares come from the profiler's self times: they add up to the whole phase, the top operators
+    are sorted, and MNet's many small convolutions show in the call counts."""
+    from benchmarks import op_profile
+
+    assert op_profile.kind_of("aten::mkldnn_convolution") == "convolution"
+    assert op_profile.kind_of("aten::native_group_norm_backward") == "norm"
+    assert op_profile.kind_of("aten::upsample_trilinear3d") == "resampling"
+    assert op_profile.kind_of("aten::something_new") == "other"
+    report = op_profile.main(["--quick", "--models", "dynunet", "mnet+cpu", "--top", "5",
+                              "--out", str(tmp_path / "p.json")])  # fmt: skip
+    assert json.loads((tmp_path / "p.json").read_text())["models"].keys() == {"dynunet", "mnet+cpu"}
+    for name, phases in report["models"].items():
+        for phase in ("train", "infer"):
+            result = phases[phase]
+            assert abs(sum(result["kinds"].values()) - 1.0) < 1e-3, (name, phase)
+            shares = [row["share"] for row in result["top"]]
+            assert len(shares) == 5 and shares == sorted(shares, reverse=True) and sum(shares) <= 1.0001
+            assert result["kinds"]["convolution"] > 0.1
+    infer = {name: phases["infer"]["convolution_calls"] for name, phases in report["models"].items()}
+    assert infer["mnet+cpu"] > 2 * infer["dynunet"]
+
+
+def test_gpu_check_runs_the_chosen_steps_with_valid_arguments(tmp_path):
+    """The lent GPU machine gives minutes, so a typo in benchmarks/gpu_check.sh (an unknown model, a wrong option)
+    would waste a lease: every step's command line is checked here with the benchmarks' own parsers, with a stand-in
+    python3 that records its arguments; with step names, only those steps run."""
+    import os
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    from benchmarks import network, op_profile
+
+    root = Path(__file__).resolve().parents[1]
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for tool in ("python3", "nvidia-smi"):
+        (fake / tool).write_text('#!/bin/sh\necho "ARGS $*"\n')
+        (fake / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "WORK": str(tmp_path / "work")}
+    script = str(root / "benchmarks" / "gpu_check.sh")
+    chosen = subprocess.run(["bash", script, "profile", "compile"], cwd=root, env=env, capture_output=True, text=True)
+    assert chosen.returncode == 0, chosen.stderr
+    assert [line.split(":")[0] for line in chosen.stdout.splitlines() if line.startswith("===")] == [
+        "=== profile", "=== compile"]  # fmt: skip
+    everything = subprocess.run(["bash", script], cwd=root, env=env, capture_output=True, text=True)
+    steps = sorted((tmp_path / "work").glob("*.log"))
+    assert len(steps) >= 8 and everything.returncode == 0
+    for log in steps:
+        words = shlex.split(log.read_text().split("ARGS ", 1)[1])
+        assert words[0] == "-m", log.name
+        module, args = words[1], words[2:]
+        if module == "benchmarks.network":
+            network.parse_args(args)  # SystemExit on an unknown model or option
+        elif module == "benchmarks.op_profile":
+            op_profile.parse_args(args)
+        elif module == "pytest":
+            assert all((root / a).is_file() for a in args if a.startswith("tests/")), args
+        else:
+            assert (root / (module.replace(".", "/") + ".py")).is_file(), module

@@ -118,3 +118,20 @@ def test_an_unknown_amp_dtype_is_one_line():
 
     with pytest.raises(BundleInputError, match=r"--amp_dtype: expected one of float16, bfloat16, got 'float32'"):
         amp_kwargs("float32")
+
+
+def test_tensorrt_overlay_builds_the_inference_network(capfd):
+    """`configs/inference_trt.json` (merged after inference.json, as zoo bundles ship it) wraps the network with
+    MONAI's trt_compile: TensorRT engines are built on the first forward on a GPU (fp16, batch 1 to sw_batch_size)
+    and saved next to the weights. Without TensorRT or a GPU, trt_compile leaves the network as it is and says so."""
+    from scripts.networks.mnet import MNet
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE_ROOT / "configs/inference.json"), str(BUNDLE_ROOT / "configs/inference_trt.json")])
+    parser["device"] = "$torch.device('cpu')"
+    assert parser.get_parsed_content("trt_options")["dynamic_batchsize"] == [1, 1, 1]
+    assert parser.get_parsed_content("trt_plan_path") == parser.get_parsed_content("ckpt_path")
+    network = parser.get_parsed_content("network")
+    assert isinstance(network, MNet) and not hasattr(network, "_trt_compiler")
+    assert "trt_compile() has no effect" in "".join(capfd.readouterr())  # MONAI's logger writes to stderr
+    assert parser.get_parsed_content("predictor").members[0] is network
