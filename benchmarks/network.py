@@ -338,7 +338,7 @@ def format_table(report: dict) -> str:
 # the numbers the issue tracker measures progress against: the last full run on each device
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "benchmark_results"
 BASELINES = {
-    "cpu": RESULTS / "network_cpu_session_end_2026-12-02.json",
+    "cpu": RESULTS / "network_cpu_norm_backward_2026-12-03.json",
     "cuda": RESULTS / "network_h200_fp16_2026-11-28.json",
 }
 

@@ -136,6 +136,31 @@ def test_op_profile_ranks_operators_and_kinds(tmp_path):
     assert infer["mnet+cpu"] > 2 * infer["dynunet"]
 
 
+def test_onednn_layouts_counts_convolutions_and_reorders_between_the_marks(tmp_path):
+    """oneDNN's verbose lines are summed per phase and primitive kind; lines outside the marks (warm-up) are not.
+    A real quick run of MNet's inference sees every convolution through oneDNN, with reorders around them."""
+    from benchmarks import onednn_layouts as layouts
+
+    text = "\n".join([
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,jit:avx512_core,forward_training,src,,alg,mb1,99.0",
+        layouts.MARK + "infer",
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,jit:avx512_core,forward_training,src,,alg,mb1,2.5",
+        "onednn_verbose,v1,primitive,exec,cpu,reorder,jit:blk,undef,src,attr,,1x32x8x8x8,1.5",
+        "onednn_verbose,v1,primitive,create:cache_miss,cpu,reorder,jit:blk,undef,src,attr,,1x32x8x8x8,7.0",
+        "onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,undef,src,attr,,32x32x3x3x1,0.5",
+        layouts.MARK + "end",
+        "onednn_verbose,v1,primitive,exec,cpu,reorder,jit:blk,undef,src,attr,,1x32x8x8x8,50.0",
+    ])  # fmt: skip
+    assert layouts.parse_verbose(text) == {
+        "infer": {"convolution": {"calls": 1, "ms": 2.5}, "reorder": {"calls": 2, "ms": 2.0}}
+    }
+    report = layouts.main(["--quick", "--models", "mnet+cpu", "--out", str(tmp_path / "l.json")])
+    infer = json.loads((tmp_path / "l.json").read_text())["models"]["mnet+cpu"]["infer"]
+    assert infer == report["models"]["mnet+cpu"]["infer"]
+    assert infer["primitives"]["convolution"]["calls"] == 85  # every convolution of MNet's batch-1 inference
+    assert infer["primitives"]["reorder"]["calls"] >= 85 and 0 < infer["reorder_share"] < 1
+
+
 def test_gpu_check_runs_the_chosen_steps_with_valid_arguments(tmp_path):
     """The lent GPU machine gives minutes, so a typo in benchmarks/gpu_check.sh (an unknown model, a wrong option)
     would waste a lease: every step's command line is checked here with the benchmarks' own parsers, with a stand-in
