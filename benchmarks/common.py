@@ -1,4 +1,4 @@
-"""What the benchmark scripts share: this process's peak memory, and writing the result as JSON."""
+"""What the benchmark scripts share: this process's peak memory, the tables' header line, writing JSON."""
 
 from __future__ import annotations
 
@@ -23,6 +23,14 @@ def peak_rss_bytes() -> int:
         pass
     scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def header(report: dict) -> str:
+    """The line every benchmark table starts with: when, which torch, which machine, how many threads, which patch."""
+    return (
+        f"{report['date']}  torch {report['torch']}  {report['device_name']}  {report['threads']} threads  "
+        f"patch {report['patch']}"
+    )
 
 
 def write_json(result: dict, out: str) -> None:

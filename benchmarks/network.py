@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from benchmarks.common import peak_rss_bytes, timed, write_json
+from benchmarks.common import header, peak_rss_bytes, timed, write_json
 from scripts.networks.mnet import MNet
 from scripts.networks.options import MNetOptions
 from scripts.runtime import configure
@@ -413,8 +413,7 @@ def main(
     configure_cudnn(cudnn)
     report = run_benchmark(names, torch_device, size, repeats, threads, memory, getattr(torch, amp_dtype), cudnn)
     amp = f"  AMP {report['amp']}  cudnn {report['cudnn']}" if report["amp"] else ""
-    print(f"{report['date']}  torch {report['torch']}  {report['device_name']}  {report['threads']} threads  "
-          f"patch {report['patch']}  peak matmul {report['peak_gflops']} GFLOP/s{amp}")  # fmt: skip
+    print(f"{header(report)}  peak matmul {report['peak_gflops']} GFLOP/s{amp}")
     print(format_table(report))
     baseline_path = Path(baseline) if baseline else BASELINES.get(torch_device.type)
     if baseline_path is not None and baseline_path.is_file():

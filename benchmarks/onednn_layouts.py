@@ -18,7 +18,7 @@ import sys
 from collections import defaultdict
 
 import torch
-from benchmarks.common import write_json
+from benchmarks.common import header, write_json
 from benchmarks.network import FULL_PATCH, QUICK_PATCH, VARIANTS, Runner, cpu_model
 
 MARK = "=== onednn_layouts phase "
@@ -114,8 +114,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "patch": list(patch),
         "models": {name: measure(name, patch, args.threads) for name in args.models},
     }
-    print(f"{report['date']}  torch {report['torch']}  {report['device_name']}  {report['threads']} threads  "
-          f"patch {report['patch']}")  # fmt: skip
+    print(header(report))
     print(format_table(report))
     write_json(report, args.out)
     return report

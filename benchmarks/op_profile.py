@@ -16,7 +16,7 @@ import datetime
 import sys
 
 import torch
-from benchmarks.common import write_json
+from benchmarks.common import header, write_json
 from benchmarks.network import FULL_PATCH, QUICK_PATCH, VARIANTS, Runner, cpu_model, forward_gflop, resolve_device
 from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -156,8 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     patch = tuple(args.patch) if args.patch else (QUICK_PATCH if args.quick else FULL_PATCH)
     report = run_profile(args.models, resolve_device(args.device), patch, args.top)
-    print(f"{report['date']}  torch {report['torch']}  {report['device_name']}  {report['threads']} threads  "
-          f"patch {report['patch']}")  # fmt: skip
+    print(header(report))
     print(format_tables(report))
     write_json(report, args.out)
     return report

@@ -46,15 +46,20 @@ def test_cudnn_benchmark_setting(files, flag, benchmark, restore_cudnn):
     assert torch.backends.cudnn.deterministic is (not benchmark)
 
 
-def test_training_batches_are_plain_tensors(tmp_path):
+def _tiny_training_parser(tmp_path, **overrides) -> ConfigParser:
     write_dataset(tmp_path, num_cases=6, num_test=1, seed=0, inplane_range=(40, 44), slices_range=(8, 9))
     parser = ConfigParser()
     parser.read_config(str(BUNDLE_ROOT / "configs/train.json"))
     parser.update(
         {"dataset_dir": str(tmp_path), "bundle_root": str(tmp_path), "kn": [4, 4, 6, 6, 8],
          "plan_file": str(BUNDLE_ROOT / "configs/plan.json"),
-         "patch_size": [32, 32, 8], "num_workers": 0, "cache_rate": 0.0}
+         "patch_size": [32, 32, 8], "num_workers": 0, "cache_rate": 0.0, **overrides}
     )  # fmt: skip
+    return parser
+
+
+def test_training_batches_are_plain_tensors(tmp_path):
+    parser = _tiny_training_parser(tmp_path)
     batch = next(iter(parser.get_parsed_content("train#dataloader")))
     for key in ("image", "label"):
         assert type(batch[key]) is torch.Tensor and not isinstance(batch[key], MetaTensor)
@@ -76,18 +81,6 @@ def test_speed_preset_follows_the_device(config, device, expected):
     parser["speed_preset"] = "reference"
     parser["activation_checkpointing"] = "true"
     assert parser.get_parsed_content("network_def").options == MNetOptions(checkpointing=True)
-
-
-def _tiny_training_parser(tmp_path, **overrides) -> ConfigParser:
-    write_dataset(tmp_path, num_cases=6, num_test=1, seed=0, inplane_range=(40, 44), slices_range=(8, 9))
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE_ROOT / "configs/train.json"))
-    parser.update(
-        {"dataset_dir": str(tmp_path), "bundle_root": str(tmp_path), "kn": [4, 4, 6, 6, 8],
-         "plan_file": str(BUNDLE_ROOT / "configs/plan.json"),
-         "patch_size": [32, 32, 8], "num_workers": 0, "cache_rate": 0.0, **overrides}
-    )  # fmt: skip
-    return parser
 
 
 @pytest.mark.parametrize("flag,compiled", [(False, False), ("false", False), ("true", True)])
