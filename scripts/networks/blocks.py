@@ -9,8 +9,6 @@ every choice has the reference's parameters and state_dict keys.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from scripts.networks import channels_last_norm
 from scripts.networks.inference_kernels import upsample
 from scripts.networks.topology import FMU_MODES
 from torch import nn
@@ -25,23 +23,11 @@ class InstanceNormByGroupNorm(nn.GroupNorm):
     """Affine instance norm computed by the group-norm kernel (one group per channel is instance norm).
 
     Same ``weight``/``bias`` as ``nn.InstanceNorm3d(C, affine=True)``. Its CPU kernel is faster: instance norm's
-    reshapes to a batch norm and returns a view, so an in-place activation then costs a copy in backward. In CPU
-    training on channels_last tensors the backward is ``channels_last_norm``'s (PyTorch's is slow there).
+    reshapes to a batch norm and returns a view, so an in-place activation then costs a copy in backward.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True):
         super().__init__(num_features, num_features, eps=eps, affine=affine)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting():
-            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
-        return self._eager_forward(x)
-
-    @torch.jit.unused
-    def _eager_forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.affine and channels_last_norm.applies(x):
-            return channels_last_norm.instance_norm(x, self.weight, self.bias, self.eps)
-        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
 
 def instance_norm(num_features: int) -> nn.Module:
