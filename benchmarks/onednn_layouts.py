@@ -5,7 +5,8 @@ input into its blocked layout (nCdhw16c), the weight into its own, and the outpu
 convolutions, so these copies weigh more for it than for DynUNet. Each model runs in its own subprocess with
 ``ONEDNN_VERBOSE=1`` (oneDNN then prints every primitive it executes with its time); after a warm-up, one inference
 forward and one train step are parsed. Prints a markdown table and writes JSON (default
-``benchmarks/results/onednn_layouts.json``). Times include the verbose printing, so compare shares, not totals.
+``benchmarks/results/onednn_layouts.json``). oneDNN times each primitive alone, but the process runs slower
+while it prints, so compare models and shares of one run, not these times with the other benchmarks'.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def parse_verbose(text: str) -> dict:
 
 
 def measure(name: str, patch: tuple[int, int, int], threads: int) -> dict:
-    env = {**os.environ, "ONEDNN_VERBOSE": "1", "DNNL_VERBOSE": "1"}
+    env = {**os.environ, "ONEDNN_VERBOSE": "1"}
     args = [sys.executable, "-m", "benchmarks.onednn_layouts", "--child", name, "--threads", str(threads), "--patch"]
     done = subprocess.run(args + [str(p) for p in patch], env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
