@@ -8,7 +8,8 @@ fresh subprocess (``--measure-memory NAME``) so that one model's allocations can
 Work measured (3 classes): a train step (batch 2, forward + deep-supervision cross-entropy + backward + SGD step) and
 an inference forward (batch 1, eval, ``torch.inference_mode``). On CUDA, both run under autocast (AMP, fp16 by
 default, ``--amp-dtype bfloat16`` for bf16) with ``cudnn.benchmark`` on (``--cudnn deterministic`` for the
-deterministic kernels that ``monai.utils.set_determinism`` selects).
+deterministic kernels that ``monai.utils.set_determinism`` selects). On the CPU they run in float32;
+``--amp-dtype bfloat16`` runs both under CPU autocast (what ``--amp_dtype bfloat16`` does in the configs).
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ class Runner:
         self.x_train = torch.randn(2, 1, *patch, generator=generator).to(device)
         self.x_infer = torch.randn(1, 1, *patch, generator=generator).to(device)
         self.target = torch.randint(0, NUM_CLASSES, (2, 1, *patch), generator=generator).float().to(device)
-        self.amp = device.type == "cuda"
+        # CUDA: fp16 or bf16 autocast; the CPU: bf16 autocast only when asked (no fast fp16 CPU kernels)
+        self.amp = amp_dtype == torch.bfloat16 or (device.type == "cuda" and amp_dtype == torch.float16)
         self.amp_dtype = amp_dtype
         # bf16 has fp32's exponent range: no loss scaling needed
         self.scaler = torch.amp.GradScaler("cuda") if self.amp and amp_dtype == torch.float16 else None
@@ -303,7 +305,7 @@ def run_benchmark(
         "torch": torch.__version__,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
-        "amp": str(amp_dtype).split(".")[-1] if device.type == "cuda" else None,
+        "amp": None if amp_dtype == torch.float32 else str(amp_dtype).split(".")[-1],
         "cudnn": cudnn if device.type == "cuda" else None,
         "threads": torch.get_num_threads(),
         "patch": list(patch),
@@ -392,7 +394,7 @@ def main(
     memory: bool = True,
     threads: int = 2,
     patch: list[int] | None = None,
-    amp_dtype: str = "float16",
+    amp_dtype: str | None = None,
     cudnn: str = "benchmark",
     baseline: str | None = None,
 ) -> dict:
@@ -411,7 +413,8 @@ def main(
     if unknown:
         raise ValueError(f"unknown models {unknown}; choose from {list(VARIANTS)}")
     configure_cudnn(cudnn)
-    report = run_benchmark(names, torch_device, size, repeats, threads, memory, getattr(torch, amp_dtype), cudnn)
+    dtype = getattr(torch, amp_dtype or ("float16" if torch_device.type == "cuda" else "float32"))
+    report = run_benchmark(names, torch_device, size, repeats, threads, memory, dtype, cudnn)
     amp = f"  AMP {report['amp']}  cudnn {report['cudnn']}" if report["amp"] else ""
     print(f"{header(report)}  peak matmul {report['peak_gflops']} GFLOP/s{amp}")
     print(format_table(report))
@@ -437,7 +440,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the memory subprocesses")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--patch", type=int, nargs=3, help="override the patch (x y z), thick axis last")
-    parser.add_argument("--amp-dtype", default="float16", choices=["float16", "bfloat16"], help="CUDA autocast")
+    parser.add_argument(
+        "--amp-dtype",
+        choices=["float16", "bfloat16", "float32"],
+        help="autocast type; CUDA default float16, CPU "
+        "default float32 (no autocast), bfloat16 on the CPU for CPU autocast",
+    )
     parser.add_argument("--cudnn", default="benchmark", choices=["benchmark", "deterministic"], help="cuDNN mode")
     parser.add_argument("--baseline", help="an earlier JSON report to compare the ratios with (default per device)")
     parser.add_argument("--measure-memory", metavar="MODEL", help=argparse.SUPPRESS)
@@ -450,7 +458,9 @@ if __name__ == "__main__":
         torch.set_num_threads(args.threads)
         configure_cudnn(args.cudnn)
         size = tuple(args.patch) if args.patch else FULL_PATCH
-        print(measure_memory(args.measure_memory, resolve_device(args.device), size, getattr(torch, args.amp_dtype)))
+        mem_device = resolve_device(args.device)
+        mem_dtype = args.amp_dtype or ("float16" if mem_device.type == "cuda" else "float32")
+        print(measure_memory(args.measure_memory, mem_device, size, getattr(torch, mem_dtype)))
     else:
         main(
             device=args.device,
