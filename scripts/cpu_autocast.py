@@ -32,6 +32,12 @@ def wanted(amp: object, amp_dtype: str, device: str | torch.device) -> bool:
     return as_bool(amp, "amp") and amp_dtype == "bfloat16" and torch.device(device).type == "cpu"
 
 
+def active(amp: object, amp_dtype: str, device: str | torch.device) -> bool:
+    """CPU autocast is asked for and this CPU can do it: what ``with_cpu_autocast`` turns on (the CPU speed preset
+    reads it too)."""
+    return wanted(amp, amp_dtype, device) and bf16_supported()
+
+
 def _to_float32(output):
     if isinstance(output, torch.Tensor):
         return output.float() if output.is_floating_point() else output

@@ -5,6 +5,7 @@ running float32."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import pytest
 import torch
@@ -140,3 +141,18 @@ def test_configs_take_the_setting(files, monkeypatch):
     if not isinstance(parser["network"], dict):  # DDP needs a process group: its expression is checked above
         parser.get_parsed_content("network")
         assert calls and calls[0][1:] == ("bfloat16", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("config", ["configs/train.json", "configs/inference.json"])
+def test_cpu_preset_keeps_the_row_major_layout_under_bf16(config, monkeypatch):
+    """Under bf16 autocast PyTorch's channels_last group norm is slow on the CPU (docs/benchmarks.md), so the CPU
+    preset drops channels_last there; float32 keeps it; a CPU without bf16 keeps float32 and the float32 preset."""
+    expected = {True: MNetOptions.cpu(), False: replace(MNetOptions.cpu(), channels_last=False)}
+    for supported in (True, False):
+        monkeypatch.setattr(cpu_autocast, "bf16_supported", lambda supported=supported: supported)
+        for dtype in ("float16", "bfloat16"):
+            parser = ConfigParser()
+            parser.read_config(str(BUNDLE_ROOT / config))
+            parser.update({"device": "$torch.device('cpu')", "amp_dtype": dtype})
+            row_major = supported and dtype == "bfloat16"
+            assert parser.get_parsed_content("network_def").options == expected[not row_major]

@@ -50,10 +50,17 @@ class MNetOptions:
         return cls()
 
 
-def preset(name: str = "auto", device: str | torch.device = "cpu", checkpointing: bool = False) -> MNetOptions:
-    """The options a config asks for by name; ``auto`` picks the CPU or GPU preset by ``device``."""
+def preset(
+    name: str = "auto", device: str | torch.device = "cpu", checkpointing: bool = False, bf16_autocast: bool = False
+) -> MNetOptions:
+    """The options a config asks for by name; ``auto`` picks the CPU or GPU preset by ``device``. ``bf16_autocast``
+    (CPU autocast is on): the CPU preset keeps the row-major layout, because PyTorch's channels_last group norm is
+    slow in bf16 (train step 1.2-1.4x, docs/benchmarks.md)."""
     if name not in PRESETS:
         raise ValueError(f"--speed_preset: expected one of {', '.join(PRESETS)}, got {name!r}")
     if name == "auto":
         name = "gpu" if torch.device(device).type == "cuda" else "cpu"
-    return replace(getattr(MNetOptions, name)(), checkpointing=bool(checkpointing))
+    options = replace(getattr(MNetOptions, name)(), checkpointing=bool(checkpointing))
+    if name == "cpu" and bf16_autocast:
+        options = replace(options, channels_last=False)
+    return options
