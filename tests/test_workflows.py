@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from scripts.cpu_autocast import bf16_supported
 from scripts.demo.data import write_dataset
 from scripts.networks.mnet import MNet
 
@@ -165,6 +166,29 @@ def test_compile_setting_trains_and_infers(trained, data, tmp_path):
             np.asarray(nib.load(path).dataobj), np.asarray(nib.load(outputs["compiled"] / path.name).dataobj)
         )
     assert len(list(outputs["compiled"].glob("*_seg.nii.gz"))) == 2
+
+
+@pytest.mark.skipif(not bf16_supported(), reason="this CPU has no bf16 instructions")
+def test_bf16_on_the_cpu_trains_and_infers(data, tmp_path):
+    """`--amp_dtype bfloat16` on a CPU runs the commands as typed under CPU autocast (MONAI's engines autocast on
+    CUDA only): training writes a plain float32 state_dict, inference writes every case in the input's shape."""
+    work, out = tmp_path / "bf16", tmp_path / "bf16_predictions"
+    trained_run = bundle_run(
+        "training", "--config_file", "configs/train.json", *common(work, data),
+        "--epochs", "1", "--iterations_per_epoch", "2", "--amp_dtype", "bfloat16",
+    )  # fmt: skip
+    assert "bf16 autocast on the CPU" in trained_run.stdout + trained_run.stderr
+    state = torch.load(work / "models" / "model.pt", map_location="cpu", weights_only=True)
+    MNet(1, 3, kn=(4, 4, 6, 6, 8)).load_state_dict(state)
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    inferred = bundle_run(
+        "--config_file", "configs/inference.json", *common(work, data), "--output_dir", str(out),
+        "--amp_dtype", "bfloat16",
+    )  # fmt: skip
+    assert "bf16 autocast on the CPU" in inferred.stdout + inferred.stderr
+    for item in json.loads((data / "dataset.json").read_text())["test"]:
+        name = Path(item["image"]).name.replace(".nii.gz", "_seg.nii.gz")
+        assert nib.load(out / name).shape == nib.load(data / item["image"]).shape
 
 
 # two ranks on the CPU (gloo) even where one GPU is present: two ranks cannot share a single device under NCCL
