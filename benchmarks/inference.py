@@ -19,6 +19,7 @@ process and the largest data loader worker).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -64,6 +65,7 @@ def parse_inference_config(image: Path, out_dir: Path, args: argparse.Namespace)
             "kn": args.kn,
             "device": args.device,
             "sw_batch_size": args.sw_batch_size,
+            "amp_dtype": args.amp_dtype,
             "load_pretrain": False,
         }
     )
@@ -81,7 +83,8 @@ def run(args: argparse.Namespace) -> dict:
         parser = parse_inference_config(image, Path(tmp) / "out", args)
         dataset, inferer, post = (parser.get_parsed_content(k) for k in ("dataset", "inferer", "postprocessing"))
         predictor = parser.get_parsed_content("predictor").eval()
-        amp = parser.get_parsed_content("amp")
+        use_amp, amp_kwargs = parser.get_parsed_content("use_amp"), parser.get_parsed_content("amp_kwargs")
+        conv_dtypes = record_conv_dtypes(parser.get_parsed_content("network"))
 
         start = time.perf_counter()
         batch = list_data_collate([dataset[0]])
@@ -90,7 +93,7 @@ def run(args: argparse.Namespace) -> dict:
         sw_times = []
         for _ in range(1 + args.repeats):
             start = time.perf_counter()
-            with torch.inference_mode(), torch.autocast(device.type, enabled=bool(amp)):
+            with torch.inference_mode(), evaluator_autocast(use_amp, amp_kwargs):
                 batch["pred"] = inferer(batch["image"].to(device), predictor)
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -115,7 +118,9 @@ def run(args: argparse.Namespace) -> dict:
         "kn": args.kn,
         "patch": parser.get_parsed_content("patch_size"),
         "sw_batch_size": args.sw_batch_size,
-        "amp": bool(amp),
+        "amp": bool(use_amp),
+        "amp_dtype": args.amp_dtype,
+        "convolution_dtype": sorted(conv_dtypes),
         "cudnn_benchmark": torch.backends.cudnn.benchmark if device.type == "cuda" else None,
         "preprocessing_s": t_pre,
         "sliding_window_s": t_sw,
@@ -130,6 +135,21 @@ def run(args: argparse.Namespace) -> dict:
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
         "written": written,
     }
+
+
+def evaluator_autocast(use_amp: bool, amp_kwargs: dict):
+    """The autocast MONAI's evaluator opens: CUDA's, when ``use_amp`` (CPU bf16 comes from the network's own hooks,
+    ``scripts/cpu_autocast.py``). A plain ``torch.autocast("cpu")`` here would turn on bf16 that inference.json does
+    not use."""
+    return torch.autocast("cuda", **amp_kwargs) if use_amp else contextlib.nullcontext()
+
+
+def record_conv_dtypes(network: torch.nn.Module) -> set[str]:
+    """The dtypes the network's first convolution computes in, filled as it runs: what the sliding window measured."""
+    seen: set[str] = set()
+    first = next(m for m in network.modules() if isinstance(m, torch.nn.Conv3d))
+    first.register_forward_hook(lambda module, args, output: seen.add(str(output.dtype).split(".")[-1]))
+    return seen
 
 
 def time_inversion(batch: dict, post) -> tuple[float, float]:
@@ -170,7 +190,8 @@ def run_cohort(args: argparse.Namespace, scans: Path, out_dir: Path) -> dict:
     parser.read_config(str(BUNDLE / "configs" / "inference.json"))
     parser.update({"plan_file": str(BUNDLE / "configs" / "plan.json"), "dataset_dir": str(scans),
                    "output_dir": str(out_dir), "kn": args.kn, "device": args.device,
-                   "sw_batch_size": args.sw_batch_size, "load_pretrain": False, "num_workers": args.num_workers,
+                   "sw_batch_size": args.sw_batch_size, "amp_dtype": args.amp_dtype, "load_pretrain": False,
+                   "num_workers": args.num_workers,
                    "background_writes": args.background_writes})  # fmt: skip
     if args.patch:
         parser["patch_size"] = args.patch
@@ -210,6 +231,7 @@ def cohort(args: argparse.Namespace) -> dict:
                    "--device", args.device, "--shape", json.dumps(args.shape), "--spacing", json.dumps(args.spacing),
                    "--kn", json.dumps(args.kn),
                    "--sw_batch_size", str(args.sw_batch_size), "--threads", str(args.threads),
+                   "--amp_dtype", args.amp_dtype,
                    "--num_workers", str(workers), "--background_writes", str(background).lower()]  # fmt: skip
             if args.patch:
                 cmd += ["--patch", json.dumps(args.patch)]
@@ -229,6 +251,7 @@ def cohort(args: argparse.Namespace) -> dict:
         "kn": args.kn,
         "patch": args.patch,
         "sw_batch_size": args.sw_batch_size,
+        "amp_dtype": args.amp_dtype,
         "runs": runs,
     }
 
@@ -247,7 +270,8 @@ def print_cohort(r: dict) -> None:
 
 def print_table(r: dict) -> None:
     print(f"\nWhole-volume inference, {r['device']}, {r['threads']} threads, volume {r['shape']} at {r['spacing']} mm, "
-          f"kn={r['kn']}, roi {r['patch']}, sw_batch {r['sw_batch_size']}, AMP {r['amp']}")  # fmt: skip
+          f"kn={r['kn']}, roi {r['patch']}, sw_batch {r['sw_batch_size']}, CUDA AMP {r['amp']}, "
+          f"convolutions in {'/'.join(r['convolution_dtype'])}")  # fmt: skip
     for label, key in [("preprocessing (load, RAS, resample, normalise)", "preprocessing_s"),
                        ("sliding window (first run)", "sliding_window_s"),
                        ("sliding window (warm, median of repeats)", "sliding_window_warm_s"),
@@ -271,6 +295,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--patch", type=json.loads, default=None, help="roi size; default: the plan's patch")
     p.add_argument("--sw_batch_size", type=int, default=4 if cuda else 1)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--amp_dtype",
+        default="float16",
+        choices=["float16", "bfloat16"],
+        help="inference.json's amp_dtype: float16 autocasts on CUDA only; bfloat16 also on a bf16 CPU",
+    )
     p.add_argument("--repeats", type=int, default=0 if not cuda else 3, help="warm sliding-window runs after the first")
     p.add_argument("--cudnn", default="benchmark", choices=["benchmark", "deterministic"], help="cuDNN mode on CUDA")
     p.add_argument("--quick", action="store_true", help="tiny volume and network, for a smoke test")

@@ -1,8 +1,8 @@
 """bfloat16 mixed precision on the CPU, which MONAI's engines do not give: they open ``torch.autocast("cuda")`` only.
 
 Why: on CPUs with bf16 instructions (AVX512-BF16, AMX) oneDNN's bf16 convolutions make a train step about 2x faster
-than float32 (docs/benchmarks.md). Asked for with ``--amp_dtype bfloat16`` on a CPU device. Forward hooks open the
-CPU autocast around the network's forward and hand back float32 outputs, so the loss, post-processing and writers
+than float32 (docs/benchmarks.md). Asked for with ``--amp_dtype bfloat16`` on a CPU device. The network's forward
+runs inside CPU autocast and hands back float32 outputs, so the loss, post-processing and writers
 see float32 as without it; parameters, state_dict and checkpoints do not change. Backward runs each op in the type
 autocast chose for it in forward, as on a GPU.
 """
@@ -10,15 +10,12 @@ autocast chose for it in forward, as on a GPU.
 from __future__ import annotations
 
 import logging
-import weakref
 
 import torch
 from scripts.settings import as_bool
 from torch import nn
 
 logger = logging.getLogger("mnet.cpu_autocast")
-
-_WITH_HOOKS: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 def bf16_supported() -> bool:
@@ -46,33 +43,33 @@ def _to_float32(output):
     return output
 
 
-class _Bf16Forward:
-    """The pair of hooks: open autocast before forward, close it after (also when forward raises)."""
+class Bf16Forward:
+    """The network's own forward inside bf16 CPU autocast, float32 outputs out. Set as the instance's ``forward``:
+    ``nn.Module.__call__``, DDP and ``torch.compile`` all go through it, and the state_dict keeps its keys. (Forward
+    hooks that enter and leave autocast cannot be traced: ``torch.compile`` crashed in the closing hook.)"""
 
-    def __init__(self):
-        self.open: list[torch.autocast] = []
+    def __init__(self, network: nn.Module):
+        self.network = network  # deepcopy maps this to the copy, so a copied network computes on its own weights
 
-    def before(self, module: nn.Module, args) -> None:
-        context = torch.autocast("cpu", dtype=torch.bfloat16)
-        context.__enter__()
-        self.open.append(context)
-
-    def after(self, module: nn.Module, args, output):
-        self.open.pop().__exit__(None, None, None)
+    def __call__(self, *args, **kwargs):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            output = type(self.network).forward(self.network, *args, **kwargs)
         return _to_float32(output)
 
 
+def has_cpu_autocast(network: nn.Module) -> bool:
+    """``with_cpu_autocast`` already wrapped this network's forward (wrapping twice would nest autocast)."""
+    return isinstance(network.__dict__.get("forward"), Bf16Forward)
+
+
 def with_cpu_autocast(network: nn.Module, amp: object, amp_dtype: str, device: str | torch.device) -> nn.Module:
-    """``network`` itself, with bf16 CPU autocast around its forward when ``wanted`` and the CPU supports it (one
-    warning and float32 when it does not). Idempotent: a network gets the hooks once."""
-    if not wanted(amp, amp_dtype, device) or network in _WITH_HOOKS:
+    """``network`` itself, its forward under bf16 CPU autocast when ``wanted`` and the CPU supports it (one warning
+    and float32 when it does not). Idempotent: a network is wrapped once."""
+    if not wanted(amp, amp_dtype, device) or has_cpu_autocast(network):
         return network
     if not bf16_supported():
         logger.warning("--amp_dtype bfloat16: this CPU has no bf16 instructions; running in float32")
         return network
-    hooks = _Bf16Forward()
-    network.register_forward_pre_hook(hooks.before)
-    network.register_forward_hook(hooks.after, always_call=True)
-    _WITH_HOOKS.add(network)
+    network.forward = Bf16Forward(network)
     logger.info("bf16 autocast on the CPU (--amp_dtype bfloat16)")
     return network

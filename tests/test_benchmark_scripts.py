@@ -6,6 +6,7 @@ import json
 
 import torch
 from benchmarks import conv_layouts, inference, omp_wait_policy, pipeline
+from scripts.cpu_autocast import bf16_supported
 
 
 def test_inference_benchmark_quick(tmp_path):
@@ -17,6 +18,18 @@ def test_inference_benchmark_quick(tmp_path):
         assert saved[key] > 0
     assert abs(saved["total_s"] - sum(result[k] for k in ("preprocessing_s", "sliding_window_s",
                                                           "postprocess_and_write_s"))) < 1e-9  # fmt: skip
+    # inference.json on the CPU computes in float32 (amp is for CUDA); the benchmark opened CPU autocast (bf16) before
+    assert saved["convolution_dtype"] == ["float32"] and saved["amp"] is False
+
+
+def test_inference_benchmark_measures_cpu_bf16_when_asked(tmp_path):
+    """``--amp_dtype bfloat16`` measures what inference.json does with it on this CPU: bf16 convolutions where the CPU
+    has bf16 instructions (the network's hooks), float32 where it has not."""
+    out = tmp_path / "inference.json"
+    inference.main(["--quick", "--amp_dtype", "bfloat16", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["convolution_dtype"] == (["bfloat16"] if bf16_supported() else ["float32"])
+    assert saved["amp_dtype"] == "bfloat16" and saved["written"] == ["ct_seg.nii.gz"]
 
 
 def test_pipeline_benchmark_quick(tmp_path):

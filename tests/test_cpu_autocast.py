@@ -1,10 +1,11 @@
 """bf16 autocast on the CPU (`--amp_dtype bfloat16`): the network computes in bf16, hands back float32, learns like
-float32, and leaves nothing switched on behind it; the fast inference kernels follow autocast instead of silently
-running float32."""
+float32, works under torch.compile, and leaves nothing switched on behind it; the fast inference kernels follow
+autocast instead of silently running float32."""
 
 from __future__ import annotations
 
 import logging
+from copy import deepcopy
 from dataclasses import replace
 
 import pytest
@@ -70,21 +71,50 @@ def test_autocast_is_closed_when_forward_raises():
 
 
 @needs_bf16
-def test_hooks_are_added_once():
+def test_forward_is_wrapped_once():
     net = MNet(1, 3, kn=KN)
     for _ in range(2):
         cpu_autocast.with_cpu_autocast(net, "true", "bfloat16", "cpu")
-    assert len(net._forward_pre_hooks) == 1 and len(net._forward_hooks) == 1
+    assert cpu_autocast.has_cpu_autocast(net) and net.forward.network is net
+    assert set(net.state_dict()) == set(MNet(1, 3, kn=KN).state_dict())
+
+
+@needs_bf16
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_compiled_network_trains_and_infers_in_bf16(backend):
+    """`--compile true --amp_dtype bfloat16`: torch.compile traces the autocast forward (bug: the forward hooks
+    that opened and closed autocast crashed under torch.compile with "'autocast' object has no attribute 'prev'")."""
+    net = cpu_autocast.with_cpu_autocast(MNet(1, 3, kn=KN), True, "bfloat16", "cpu")
+    compiled = torch.compile(net, backend=backend)
+    outputs = compiled(torch.randn(2, 1, 48, 48, 8))
+    assert len(outputs) == 7 and all(o.dtype == torch.float32 for o in outputs)
+    sum(o.mean() for o in outputs).backward()
+    assert net.nodes["down11"].block_2d.conv1.conv.weight.grad.dtype == torch.float32
+    with torch.inference_mode():
+        logits = compiled.eval()(torch.randn(1, 1, 48, 48, 8))
+    assert logits.dtype == torch.float32 and logits.shape == (1, 3, 48, 48, 8)
+    assert not torch.is_autocast_enabled("cpu")
+
+
+@needs_bf16
+def test_a_deep_copy_computes_with_its_own_weights():
+    net = cpu_autocast.with_cpu_autocast(MNet(1, 3, kn=KN), True, "bfloat16", "cpu").eval()
+    copy = deepcopy(net)
+    with torch.no_grad():
+        copy.heads["final"].weight.zero_()
+        x = torch.randn(1, 1, 48, 48, 8)
+        assert copy(x).abs().max() == 0 and net(x).abs().max() > 0
+    assert copy.forward.network is copy
 
 
 @pytest.mark.parametrize(
     "amp,dtype,device", [(True, "float16", "cpu"), (False, "bfloat16", "cpu"), (True, "bfloat16", "cuda:0")]
 )
 def test_not_asked_for_leaves_the_network_alone(amp, dtype, device):
-    """float16 on a CPU (no fast kernels), amp off, or a GPU (MONAI's engines autocast there) add no hooks."""
+    """float16 on a CPU (no fast kernels), amp off, or a GPU (MONAI's engines autocast there) leave forward as it is."""
     net = MNet(1, 3, kn=KN)
     assert cpu_autocast.with_cpu_autocast(net, amp, dtype, device) is net
-    assert not net._forward_pre_hooks and not net._forward_hooks
+    assert not cpu_autocast.has_cpu_autocast(net) and "forward" not in net.__dict__
 
 
 def test_a_cpu_without_bf16_warns_and_stays_float32(monkeypatch, caplog):
@@ -93,7 +123,7 @@ def test_a_cpu_without_bf16_warns_and_stays_float32(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="mnet.cpu_autocast"):
         cpu_autocast.with_cpu_autocast(net, True, "bfloat16", "cpu")
     assert "no bf16 instructions; running in float32" in caplog.text
-    assert not net._forward_pre_hooks
+    assert not cpu_autocast.has_cpu_autocast(net)
 
 
 @needs_bf16

@@ -171,11 +171,13 @@ def test_compile_setting_trains_and_infers(trained, data, tmp_path):
 @pytest.mark.skipif(not bf16_supported(), reason="this CPU has no bf16 instructions")
 def test_bf16_on_the_cpu_trains_and_infers(data, tmp_path):
     """`--amp_dtype bfloat16` on a CPU runs the commands as typed under CPU autocast (MONAI's engines autocast on
-    CUDA only): training writes a plain float32 state_dict, inference writes every case in the input's shape."""
+    CUDA only): training, here also with `--compile true`, writes a plain float32 state_dict, inference writes every
+    case in the input's shape."""
     work, out = tmp_path / "bf16", tmp_path / "bf16_predictions"
     trained_run = bundle_run(
         "training", "--config_file", "configs/train.json", *common(work, data),
         "--epochs", "1", "--iterations_per_epoch", "2", "--amp_dtype", "bfloat16",
+        "--compile", "true", "--compile_options", "{'backend': 'eager'}",
     )  # fmt: skip
     assert "bf16 autocast on the CPU" in trained_run.stdout + trained_run.stderr
     state = torch.load(work / "models" / "model.pt", map_location="cpu", weights_only=True)
