@@ -54,6 +54,7 @@ VARIANTS: dict[str, tuple[dict | None, bool]] = {
     "mnet+group_norm+checkpointing": ({"group_norm": True, "checkpointing": True}, False),
     "mnet+compile": ({}, True),
     "mnet+cpu+compile": (CPU, True),
+    "mnet+cpu-channels_last+compile": ({**CPU, "channels_last": False}, True),  # the CPU preset under bf16, compiled
 }
 # the peer, the reference path, the configs' CPU settings step by step, and the memory option
 DEFAULT_MODELS = ["dynunet", "mnet", "mnet+group_norm", "mnet+cpu", "mnet+group_norm+checkpointing"]
