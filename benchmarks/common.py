@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from scripts.atomic import write_text
 
 
 def peak_rss_bytes() -> int:
@@ -35,8 +36,7 @@ def header(report: dict) -> str:
 
 def write_json(result: dict, out: str) -> None:
     path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    write_text(path, json.dumps(result, indent=2))
     print(f"wrote {path}")
 
 

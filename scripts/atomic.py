@@ -47,6 +47,13 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[str]:
             os.remove(tmp)
 
 
+def write_text(target: str | os.PathLike, text: str) -> None:
+    """``text`` (UTF-8) in ``target`` through ``atomic_path``: the old file or the whole new one, never a part."""
+    with atomic_path(target, suffix=os.path.splitext(os.fspath(target))[1]) as tmp:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+
 @contextmanager
 def atomic_files(folder: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary folder inside ``folder`` for a writer that names its own files (MONAI's MetricsSaver);

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scripts.atomic import write_text
 from scripts.demo import pipeline as demo
 from scripts.demo import report
 
@@ -47,6 +48,36 @@ def test_second_run_reuses_everything(quick_run, capsys):
     assert "re-using the trained model" in printed
     assert "$ " not in printed, "a bundle command ran again"
     assert (quick_run / "report" / "metrics.json").is_file()
+
+
+def test_the_demo_writes_every_file_temp_then_rename(quick_run, monkeypatch):
+    """The report, its plots, the run markers and timings.json are renamed into place complete (scripts.atomic),
+    so a run killed mid-write leaves no truncated file (they were written in place before)."""
+    import scripts.atomic
+
+    renamed: list[Path] = []
+    real_replace = scripts.atomic.os.replace
+
+    def spy(source, target):
+        renamed.append(Path(target).resolve())
+        return real_replace(source, target)
+
+    monkeypatch.setattr(scripts.atomic.os, "replace", spy)
+    demo.main(work_dir=str(quick_run), quick=True)
+    written = [p.resolve() for p in (quick_run / "report").rglob("*") if p.is_file()]
+    assert len(written) >= 8 and set(written) <= set(renamed)
+    assert (quick_run / "timings.json").resolve() in renamed
+    assert not list(quick_run.rglob(".tmp_*"))
+
+
+def test_write_text_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "metrics.json"
+    target.write_text("old")
+    with pytest.raises(UnicodeEncodeError):
+        write_text(target, "new \udc80")  # a lone surrogate cannot be encoded: the write fails part-way
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+    write_text(target, "new")
+    assert target.read_text() == "new" and target.stat().st_mode & 0o777 == 0o644
 
 
 def _state(tmp_path: Path, signature: dict, done: bool, last: bool) -> Path:

@@ -20,6 +20,7 @@ import fire
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+from scripts.atomic import atomic_path, write_text
 
 GENERATOR_VERSION = 1
 INPLANE_RANGE = (96, 128)
@@ -226,8 +227,8 @@ def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, str(path))
+    with atomic_path(path, suffix=".nii.gz" if str(path).endswith(".nii.gz") else path.suffix) as tmp:
+        nib.save(img, tmp)
 
 
 def _generator_params(num_cases: int, num_test: int, seed: int, inplane_range: Sequence[int],
@@ -303,7 +304,7 @@ def write_dataset(
         "test": entries["test"],
         "generator": params,
     }
-    (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_text(out / "dataset.json", json.dumps(meta, indent=2) + "\n")
     _print_summary(out, num_cases, num_test, spacings, shapes, time.perf_counter() - start)
     return out / "dataset.json"
 

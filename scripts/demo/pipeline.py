@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from scripts.atomic import write_text
 from scripts.runtime import CPU_BATCH_SIZE, CPU_KN, CPU_PATCH_SIZE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # scripts/demo/pipeline.py -> the bundle root
@@ -268,7 +269,7 @@ def ensure_training(work: Path, settings: Profile, plan: dict[str, Any], timings
             if old.is_dir():
                 shutil.rmtree(old)
     models.mkdir(parents=True, exist_ok=True)
-    (models / STARTED).write_text(json.dumps(signature))
+    write_text(models / STARTED, json.dumps(signature))
     (models / DONE).unlink(missing_ok=True)
     args = ["training", "--config_file", "configs/train.json", *common_args(work, settings.num_workers),
             "--epochs", str(settings.epochs), "--iterations_per_epoch", str(settings.iterations_per_epoch),
@@ -284,7 +285,7 @@ def ensure_training(work: Path, settings: Profile, plan: dict[str, Any], timings
     timings["training CPU time"] = round(children_cpu_seconds() - cpu0, 1)
     if not (models / "model.pt").is_file():
         raise SystemExit(f"error: training finished without {models / 'model.pt'} (no validation ran?)")
-    (models / DONE).write_text(json.dumps({"signature": signature, "action": action}))
+    write_text(models / DONE, json.dumps({"signature": signature, "action": action}))
     return action
 
 
@@ -406,5 +407,5 @@ def main(
         headline = write_report(work, plan, cases, predictions, eval_dir, work / "eval", timings=all_timings,
                                 command=command_line(work_dir, {**overrides, "quick": quick}),
                                 loss_window=settings.iterations_per_epoch)
-    (work / "timings.json").write_text(json.dumps(all_timings, indent=2) + "\n")
+    write_text(work / "timings.json", json.dumps(all_timings, indent=2) + "\n")
     print_headline(work, headline, all_timings)

@@ -23,6 +23,7 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from scipy import ndimage  # noqa: E402
+from scripts.atomic import atomic_path, write_text  # noqa: E402
 from scripts.datalist import case_name  # noqa: E402
 
 CT_WINDOW = (-60.0, 240.0)  # level 90 / width 300 HU: organ (~100-140 HU) and its darker lesions stand out
@@ -102,7 +103,8 @@ def _save(fig: plt.Figure, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out)
+    with atomic_path(out, suffix=out.suffix) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
     return out
 
@@ -290,8 +292,8 @@ def write_report(work_dir: str | Path, plan: dict[str, Any], test_cases: Sequenc
     if report.exists():
         shutil.rmtree(report)
     (report / "overlays").mkdir(parents=True)
-    (report / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
-    (report / "plan.md").write_text(plan_markdown(plan))
+    write_text(report / "plan.json", json.dumps(plan, indent=2) + "\n")
+    write_text(report / "plan.md", plan_markdown(plan))
 
     scalars = read_scalars(log_dir)
     plot_loss(scalars, report / "loss.png", window=loss_window)
@@ -304,10 +306,10 @@ def write_report(work_dir: str | Path, plan: dict[str, Any], test_cases: Sequenc
     metrics["validation_curves"] = {t: v for t, v in scalars.items() if t.startswith("val_")}
     if timings:
         metrics["timings_s"] = timings
-    (report / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
-    (report / "metrics.md").write_text(metrics_markdown(metrics, detection))
+    write_text(report / "metrics.json", json.dumps(_json_safe(metrics), indent=2) + "\n")
+    write_text(report / "metrics.md", metrics_markdown(metrics, detection))
     headline = headline_numbers(metrics)
-    (report / "index.md").write_text(index_markdown(headline, metrics, overlays, timings or {}, command))
+    write_text(report / "index.md", index_markdown(headline, metrics, overlays, timings or {}, command))
     return headline
 
 
