@@ -21,6 +21,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 from scripts.atomic import atomic_path, write_text
+from scripts.datalist import image_suffix
 
 GENERATOR_VERSION = 1
 INPLANE_RANGE = (96, 128)
@@ -227,7 +228,7 @@ def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
-    with atomic_path(path, suffix=".nii.gz" if str(path).endswith(".nii.gz") else path.suffix) as tmp:
+    with atomic_path(path, suffix=image_suffix(path)) as tmp:
         nib.save(img, tmp)
 
 
