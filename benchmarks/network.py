@@ -9,7 +9,9 @@ Work measured (3 classes): a train step (batch 2, forward + deep-supervision cro
 an inference forward (batch 1, eval, ``torch.inference_mode``). On CUDA, both run under autocast (AMP, fp16 by
 default, ``--amp-dtype bfloat16`` for bf16) with ``cudnn.benchmark`` on (``--cudnn deterministic`` for the
 deterministic kernels that ``monai.utils.set_determinism`` selects). On the CPU they run in float32;
-``--amp-dtype bfloat16`` runs both under CPU autocast (what ``--amp_dtype bfloat16`` does in the configs).
+``--amp-dtype bfloat16`` runs both under CPU autocast (what ``--amp_dtype bfloat16`` does in the configs). On the
+CPU freed memory stays in the process, as the configs' ``keep_freed_memory`` does (``--freed-memory release``:
+glibc's default).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from benchmarks.common import header, peak_rss_bytes, timed, write_json
+from scripts.cpu_memory import keep_freed_memory, release_freed_memory
 from scripts.networks.mnet import MNet
 from scripts.networks.options import MNetOptions
 from scripts.runtime import configure
@@ -193,12 +196,18 @@ def measure_memory(
 
 
 def memory_in_subprocess(
-    name: str, device: torch.device, patch: tuple[int, int, int], threads: int, amp_dtype: torch.dtype, cudnn: str
+    name: str,
+    device: torch.device,
+    patch: tuple[int, int, int],
+    threads: int,
+    amp_dtype: torch.dtype,
+    cudnn: str,
+    freed_memory: str = "keep",
 ) -> float | None:
     """Run ``measure_memory`` in a fresh interpreter (RSS high-water marks never go down within a process)."""
     cmd = [sys.executable, "-m", "benchmarks.network", "--measure-memory", name, "--device", device.type]
     cmd += ["--threads", str(threads), "--patch", *map(str, patch), "--amp-dtype", str(amp_dtype).split(".")[-1]]
-    cmd += ["--cudnn", cudnn]
+    cmd += ["--cudnn", cudnn, "--freed-memory", freed_memory]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     if done.returncode != 0:
         print(f"memory measurement of {name} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
@@ -259,7 +268,11 @@ def run_benchmark(
     memory: bool,
     amp_dtype: torch.dtype = torch.float16,
     cudnn: str = "benchmark",
+    freed_memory: str = "keep",
 ) -> dict:
+    if freed_memory == "release":
+        release_freed_memory()  # glibc's defaults, also after an earlier run in this process kept it
+    kept = keep_freed_memory(device, freed_memory == "keep")
     runners = {name: Runner(name, device, patch, amp_dtype) for name in models}
     compile_s = _warm_up(runners, device)
     times: dict[str, dict[str, list[float]]] = {name: {"train": [], "infer": []} for name in runners}
@@ -272,6 +285,7 @@ def run_benchmark(
     peak = peak_gflops(device)
     rows = []
     for name in runners:
+        setting = (name, device, patch, threads, amp_dtype, cudnn)
         gflop = forward_gflop(name, patch)
         train_s = statistics.median(times[name]["train"])
         infer_s = statistics.median(times[name]["infer"])
@@ -290,7 +304,7 @@ def run_benchmark(
                 "infer_times": [round(t, 4) for t in times[name]["infer"]],
                 "gflops": round(3 * 2 * gflop / train_s, 1),  # train step: batch 2, backward ~ 2x forward
                 "infer_gflops": round(gflop / infer_s, 1),
-                "peak_mb": memory_in_subprocess(name, device, patch, threads, amp_dtype, cudnn) if memory else None,
+                "peak_mb": memory_in_subprocess(*setting, freed_memory) if memory else None,
             }
         )
     by_name = {row["name"]: row for row in rows}
@@ -308,6 +322,7 @@ def run_benchmark(
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         "amp": None if amp_dtype == torch.float32 else str(amp_dtype).split(".")[-1],
         "cudnn": cudnn if device.type == "cuda" else None,
+        "keep_freed_memory": kept,
         "threads": torch.get_num_threads(),
         "patch": list(patch),
         "train_batch": 2,
@@ -398,6 +413,7 @@ def main(
     amp_dtype: str | None = None,
     cudnn: str = "benchmark",
     baseline: str | None = None,
+    freed_memory: str = "keep",
 ) -> dict:
     """Measure, print a markdown table (and the ratios against ``baseline``, by default the device's entry of
     BASELINES), write the JSON report to ``out`` and return it."""
@@ -415,9 +431,10 @@ def main(
         raise ValueError(f"unknown models {unknown}; choose from {list(VARIANTS)}")
     configure_cudnn(cudnn)
     dtype = getattr(torch, amp_dtype or ("float16" if torch_device.type == "cuda" else "float32"))
-    report = run_benchmark(names, torch_device, size, repeats, threads, memory, dtype, cudnn)
+    report = run_benchmark(names, torch_device, size, repeats, threads, memory, dtype, cudnn, freed_memory)
     amp = f"  AMP {report['amp']}  cudnn {report['cudnn']}" if report["amp"] else ""
-    print(f"{header(report)}  peak matmul {report['peak_gflops']} GFLOP/s{amp}")
+    kept = "  freed memory kept" if report["keep_freed_memory"] else ""
+    print(f"{header(report)}  peak matmul {report['peak_gflops']} GFLOP/s{amp}{kept}")
     print(format_table(report))
     baseline_path = Path(baseline) if baseline else BASELINES.get(torch_device.type)
     if baseline_path is not None and baseline_path.is_file():
@@ -448,6 +465,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "default float32 (no autocast), bfloat16 on the CPU for CPU autocast",
     )
     parser.add_argument("--cudnn", default="benchmark", choices=["benchmark", "deterministic"], help="cuDNN mode")
+    parser.add_argument(
+        "--freed-memory",
+        default="keep",
+        choices=["keep", "release"],
+        help="CPU: keep freed memory in the process as the configs do (keep_freed_memory), or glibc's default",
+    )
     parser.add_argument("--baseline", help="an earlier JSON report to compare the ratios with (default per device)")
     parser.add_argument("--measure-memory", metavar="MODEL", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -461,6 +484,7 @@ if __name__ == "__main__":
         size = tuple(args.patch) if args.patch else FULL_PATCH
         mem_device = resolve_device(args.device)
         mem_dtype = args.amp_dtype or ("float16" if mem_device.type == "cuda" else "float32")
+        keep_freed_memory(mem_device, args.freed_memory == "keep")
         print(measure_memory(args.measure_memory, mem_device, size, getattr(torch, mem_dtype)))
     else:
         main(
@@ -476,4 +500,5 @@ if __name__ == "__main__":
             amp_dtype=args.amp_dtype,
             cudnn=args.cudnn,
             baseline=args.baseline,
+            freed_memory=args.freed_memory,
         )

@@ -6,6 +6,7 @@ import json
 
 import torch
 from benchmarks import conv_layouts, inference, omp_wait_policy, pipeline
+from scripts import cpu_memory
 from scripts.cpu_autocast import bf16_supported
 
 
@@ -115,8 +116,10 @@ def test_network_benchmark_compares_its_ratios_with_an_earlier_run(tmp_path):
 
     first = network.main(quick=True, models=["dynunet", "mnet"], memory=False, out=str(tmp_path / "a.json"))
     assert first["baseline"]["models"] == []  # the recorded CPU run used another patch: nothing to compare
+    assert first["keep_freed_memory"] is (cpu_memory._libc() is not None)  # as the configs, by default
     second = network.main(quick=True, models=["mnet", "dynunet"], memory=False, out=str(tmp_path / "b.json"),
-                          baseline=str(tmp_path / "a.json"))  # fmt: skip
+                          baseline=str(tmp_path / "a.json"), freed_memory="release")  # fmt: skip
+    assert second["keep_freed_memory"] is False
     rows = {r["name"]: r for r in json.loads((tmp_path / "b.json").read_text())["baseline"]["models"]}
     assert set(rows) == {"mnet", "dynunet"}
     before = {r["name"]: r for r in first["models"]}
