@@ -39,6 +39,7 @@ from benchmarks.common import peak_rss_bytes, write_json
 from benchmarks.network import configure_cudnn
 from monai.bundle import ConfigParser
 from monai.data import decollate_batch, list_data_collate
+from scripts.cpu_memory import keep_freed_memory
 
 BUNDLE = Path(__file__).resolve().parents[1]
 
@@ -81,6 +82,7 @@ def run(args: argparse.Namespace) -> dict:
         image = Path(tmp) / "ct.nii.gz"
         write_volume(image, args.shape, args.spacing)
         parser = parse_inference_config(image, Path(tmp) / "out", args)
+        kept = keep_freed_memory(device, parser.get_parsed_content("keep_freed_memory"))  # as inference_setup does
         dataset, inferer, post = (parser.get_parsed_content(k) for k in ("dataset", "inferer", "postprocessing"))
         predictor = parser.get_parsed_content("predictor").eval()
         use_amp, amp_kwargs = parser.get_parsed_content("use_amp"), parser.get_parsed_content("amp_kwargs")
@@ -121,6 +123,7 @@ def run(args: argparse.Namespace) -> dict:
         "amp": bool(use_amp),
         "amp_dtype": args.amp_dtype,
         "convolution_dtype": sorted(conv_dtypes),
+        "keep_freed_memory": kept,
         "cudnn_benchmark": torch.backends.cudnn.benchmark if device.type == "cuda" else None,
         "preprocessing_s": t_pre,
         "sliding_window_s": t_sw,
@@ -195,6 +198,7 @@ def run_cohort(args: argparse.Namespace, scans: Path, out_dir: Path) -> dict:
                    "background_writes": args.background_writes})  # fmt: skip
     if args.patch:
         parser["patch_size"] = args.patch
+    keep_freed_memory(device, parser.get_parsed_content("keep_freed_memory"))  # as inference_setup does
     evaluator = parser.get_parsed_content("evaluator")
     timed = TimedInferer(evaluator.inferer, device)
     evaluator.inferer = timed

@@ -18,6 +18,7 @@ import sys
 import torch
 from benchmarks.common import header, write_json
 from benchmarks.network import FULL_PATCH, QUICK_PATCH, VARIANTS, Runner, cpu_model, forward_gflop, resolve_device
+from scripts.cpu_memory import keep_freed_memory
 from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -155,7 +156,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     patch = tuple(args.patch) if args.patch else (QUICK_PATCH if args.quick else FULL_PATCH)
-    report = run_profile(args.models, resolve_device(args.device), patch, args.top)
+    device = resolve_device(args.device)
+    keep_freed_memory(device)  # as the configs and benchmarks.network: no page faults of fresh memory in the profile
+    report = run_profile(args.models, device, patch, args.top)
     print(header(report))
     print(format_tables(report))
     write_json(report, args.out)

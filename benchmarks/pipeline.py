@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from benchmarks.common import write_json
 from monai.bundle import ConfigParser
+from scripts.cpu_memory import keep_freed_memory
 from scripts.demo.data import write_dataset
 
 BUNDLE = Path(__file__).resolve().parents[1]
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> dict:
         sizes = {"inplane_range": (48, 56), "slices_range": (9, 12)} if args.quick else {}
         write_dataset(data_dir, num_cases=args.cases + 2, num_test=2, seed=0, **sizes)
         parser = parse_train_config(data_dir, work_dir, args)
+        keep_freed_memory(args.device, parser.get_parsed_content("keep_freed_memory"))  # as train_setup does
         loader = parser.get_parsed_content("train#dataloader")  # builds the cache (not timed)
         step = make_step(parser)
 

@@ -21,6 +21,7 @@ def test_inference_benchmark_quick(tmp_path):
                                                           "postprocess_and_write_s"))) < 1e-9  # fmt: skip
     # inference.json on the CPU computes in float32 (amp is for CUDA); the benchmark opened CPU autocast (bf16) before
     assert saved["convolution_dtype"] == ["float32"] and saved["amp"] is False
+    assert saved["keep_freed_memory"] is (cpu_memory._libc() is not None)  # as inference_setup does
 
 
 def test_inference_benchmark_measures_cpu_bf16_when_asked(tmp_path):
