@@ -67,6 +67,7 @@ def parse_inference_config(image: Path, out_dir: Path, args: argparse.Namespace)
             "device": args.device,
             "sw_batch_size": args.sw_batch_size,
             "amp_dtype": args.amp_dtype,
+            "keep_freed_memory": args.keep_freed_memory,
             "load_pretrain": False,
         }
     )
@@ -141,9 +142,9 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def evaluator_autocast(use_amp: bool, amp_kwargs: dict):
-    """The autocast MONAI's evaluator opens: CUDA's, when ``use_amp`` (CPU bf16 comes from the network's own hooks,
-    ``scripts/cpu_autocast.py``). A plain ``torch.autocast("cpu")`` here would turn on bf16 that inference.json does
-    not use."""
+    """The autocast MONAI's evaluator opens: CUDA's, when ``use_amp`` (CPU bf16 comes from the network's own
+    autocast forward, ``scripts/cpu_autocast.py``). A plain ``torch.autocast("cpu")`` here would turn on bf16 that
+    inference.json does not use."""
     return torch.autocast("cuda", **amp_kwargs) if use_amp else contextlib.nullcontext()
 
 
@@ -194,7 +195,7 @@ def run_cohort(args: argparse.Namespace, scans: Path, out_dir: Path) -> dict:
     parser.update({"plan_file": str(BUNDLE / "configs" / "plan.json"), "dataset_dir": str(scans),
                    "output_dir": str(out_dir), "kn": args.kn, "device": args.device,
                    "sw_batch_size": args.sw_batch_size, "amp_dtype": args.amp_dtype, "load_pretrain": False,
-                   "num_workers": args.num_workers,
+                   "num_workers": args.num_workers, "keep_freed_memory": args.keep_freed_memory,
                    "background_writes": args.background_writes})  # fmt: skip
     if args.patch:
         parser["patch_size"] = args.patch
@@ -235,7 +236,7 @@ def cohort(args: argparse.Namespace) -> dict:
                    "--device", args.device, "--shape", json.dumps(args.shape), "--spacing", json.dumps(args.spacing),
                    "--kn", json.dumps(args.kn),
                    "--sw_batch_size", str(args.sw_batch_size), "--threads", str(args.threads),
-                   "--amp_dtype", args.amp_dtype,
+                   "--amp_dtype", args.amp_dtype, "--keep_freed_memory", args.keep_freed_memory,
                    "--num_workers", str(workers), "--background_writes", str(background).lower()]  # fmt: skip
             if args.patch:
                 cmd += ["--patch", json.dumps(args.patch)]
@@ -305,6 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
         choices=["float16", "bfloat16"],
         help="inference.json's amp_dtype: float16 autocasts on CUDA only; bfloat16 also on a bf16 CPU",
     )
+    p.add_argument("--keep_freed_memory", default="true", help="inference.json's keep_freed_memory (false: glibc's)")
     p.add_argument("--repeats", type=int, default=0 if not cuda else 3, help="warm sliding-window runs after the first")
     p.add_argument("--cudnn", default="benchmark", choices=["benchmark", "deterministic"], help="cuDNN mode on CUDA")
     p.add_argument("--quick", action="store_true", help="tiny volume and network, for a smoke test")

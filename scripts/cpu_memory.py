@@ -4,7 +4,7 @@ that are already mapped instead of faulting fresh ones in.
 Why: PyTorch has no caching allocator for the CPU. glibc serves every block above its mmap threshold (at most 32 MB)
 with fresh pages from the kernel and unmaps them on free, so each large activation of each step pays a page fault
 per 4 KB page on first touch: a copy of a 64 MB tensor took 25 ms with them and 4.7 ms without, and MNet's train
-step on the 2-core CPU 11.1 s and 7.5 s (docs/benchmarks.md). The price is memory: freed blocks stay with the
+step on the 2-core CPU 12.3 s and 7.6 s (docs/benchmarks.md). The price is memory: freed blocks stay with the
 process, so its peak resident memory grows (measured +15-45 %). Results do not change: only where memory comes from.
 Linux with glibc only; elsewhere (macOS, musl) nothing changes.
 """

@@ -34,6 +34,12 @@ def test_inference_benchmark_measures_cpu_bf16_when_asked(tmp_path):
     assert saved["amp_dtype"] == "bfloat16" and saved["written"] == ["ct_seg.nii.gz"]
 
 
+def test_inference_benchmark_measures_glibc_s_defaults_when_asked(tmp_path):
+    out = tmp_path / "inference.json"
+    inference.main(["--quick", "--keep_freed_memory", "false", "--out", str(out)])
+    assert json.loads(out.read_text())["keep_freed_memory"] is False
+
+
 def test_pipeline_benchmark_quick(tmp_path):
     out = tmp_path / "pipeline.json"
     pipeline.main(["--quick", "--out", str(out)])
