@@ -33,10 +33,16 @@ def _libc() -> ctypes.CDLL | None:
     return libc if hasattr(libc, "gnu_get_libc_version") else None
 
 
+def takes_effect(device: str | torch.device = "cpu", enabled: object = True) -> bool:
+    """Whether ``keep_freed_memory(device, enabled)`` applies here: enabled, a CPU device, glibc. The CPU speed preset
+    picks its layout by it (``scripts.networks.options.preset``)."""
+    return as_bool(enabled, "keep_freed_memory") and torch.device(device).type == "cpu" and _libc() is not None
+
+
 def keep_freed_memory(device: str | torch.device = "cpu", enabled: object = True) -> bool:
     """With ``enabled`` and a CPU ``device``: glibc serves large blocks from its heap (no mmap) and never trims it.
     Returns whether it was set. A GPU run keeps glibc's defaults (its tensors are not in host memory)."""
-    if not as_bool(enabled, "keep_freed_memory") or torch.device(device).type != "cpu":
+    if not takes_effect(device, enabled):
         return False
     libc = _libc()
     if libc is None:

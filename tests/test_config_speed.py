@@ -3,6 +3,8 @@ MONAI's per-operation metadata tracking (MetaTensor), which costs Python time in
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from monai.bundle import ConfigParser
@@ -81,6 +83,24 @@ def test_speed_preset_follows_the_device(config, device, expected):
     parser["speed_preset"] = "reference"
     parser["activation_checkpointing"] = "true"
     assert parser.get_parsed_content("network_def").options == MNetOptions(checkpointing=True)
+
+
+@pytest.mark.parametrize("config", ["configs/train.json", "configs/inference.json"])
+def test_cpu_layout_follows_keep_freed_memory(config, monkeypatch):
+    """The CPU preset is row-major while freed memory is kept and channels_last once `keep_freed_memory false` (or
+    a C library other than glibc) gives the pages back: each layout is the faster one there (docs/benchmarks.md)."""
+    from scripts import cpu_memory
+
+    def options(**overrides):
+        parser = ConfigParser()
+        parser.read_config(str(BUNDLE_ROOT / config))
+        parser.update({"device": "$torch.device('cpu')", **overrides})
+        return parser.get_parsed_content("network_def").options
+
+    assert options() == MNetOptions.cpu() and not options().channels_last
+    assert options(keep_freed_memory=False) == replace(MNetOptions.cpu(), channels_last=True)
+    monkeypatch.setattr(cpu_memory, "_libc", lambda: None)
+    assert options().channels_last
 
 
 @pytest.mark.parametrize("flag,compiled", [(False, False), ("false", False), ("true", True)])

@@ -124,8 +124,8 @@ def test_channels_last_leaves_the_cpu_inference_path_as_it_was():
     in channels_last its result depended on the thread count (torchrun's 1-thread processes gave other labels than one
     2-thread process, tests/test_inference_outputs.py)."""
     torch.manual_seed(0)
-    layout = MNet(1, 3, kn=TINY, options=MNetOptions.cpu()).eval()
-    plain = MNet(1, 3, kn=TINY, options=replace(MNetOptions.cpu(), channels_last=False)).eval()
+    layout = MNet(1, 3, kn=TINY, options=replace(MNetOptions.cpu(), channels_last=True)).eval()
+    plain = MNet(1, 3, kn=TINY, options=MNetOptions.cpu()).eval()
     plain.load_state_dict(layout.state_dict())
     x = torch.randn(1, 1, 48, 48, 8)
     with torch.no_grad():
@@ -180,6 +180,16 @@ def test_auto_preset_follows_the_device(device, expected):
     assert preset("reference", device) == MNetOptions()
 
 
+def test_cpu_preset_trains_in_channels_last_only_while_glibc_releases_freed_memory():
+    """With freed memory kept (the configs' default) the row-major layout trains faster on the CPU, with glibc's
+    defaults channels_last does (docs/benchmarks.md); under bf16 row-major either way. The GPU preset is untouched."""
+    assert not preset("auto", "cpu").channels_last
+    assert preset("auto", "cpu", freed_memory_kept=False) == replace(MNetOptions.cpu(), channels_last=True)
+    assert not preset("auto", "cpu", bf16_autocast=True, freed_memory_kept=False).channels_last
+    assert preset("auto", "cuda:0", freed_memory_kept=False) == MNetOptions.gpu()
+    assert preset("reference", "cpu", freed_memory_kept=False) == MNetOptions()
+
+
 def test_unknown_preset_and_options_type_are_refused():
     with pytest.raises(ValueError, match="speed_preset: expected one of auto, reference, cpu, gpu, got 'fast'"):
         preset("fast")
@@ -201,7 +211,8 @@ def test_thick_first_runs_the_2d_blocks_as_conv2d_in_training_only(monkeypatch, 
         return conv2d(x, *args)
 
     monkeypatch.setattr(slice_frame.F, "conv2d", counting)
-    net = MNet(1, 3, kn=TINY, thick_axis=thick_axis, options=replace(MNetOptions.cpu(), thick_first=True))
+    options = replace(MNetOptions.cpu(), channels_last=True, thick_first=True)
+    net = MNet(1, 3, kn=TINY, thick_axis=thick_axis, options=options)
     shape = [32, 32, 32]
     shape[thick_axis] = 8
     convs_2d = sum(1 for name, _ in net.named_modules() if ".block_2d.conv" in name and name.endswith(".conv"))

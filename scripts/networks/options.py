@@ -22,8 +22,9 @@ class MNetOptions:
     fast_inference: with autograd off on the CPU, exact x2 pooling/upsampling on strided views and oneDNN for batch-1
     convolutions (``inference_kernels.py``).
     checkpointing: in training, recompute each mesh node's activations in backward instead of storing them.
-    channels_last: weights, and in training the activations, in ``torch.channels_last_3d``; oneDNN's convolution
-    backward runs faster on that layout on the CPU (docs/benchmarks.md). Inference keeps the input's layout.
+    channels_last: weights, and in training the activations, in ``torch.channels_last_3d`` (no oneDNN layout reorders
+    around the convolutions; on the CPU it pays only while glibc unmaps freed memory, see ``preset``). Inference keeps
+    the input's layout.
     thick_first: compute with the thick axis first (``slice_frame.py``); with channels_last the 2D blocks' convolutions
     then run as conv2d over (batch x slices) on a zero-copy view."""
 
@@ -41,8 +42,8 @@ class MNetOptions:
 
     @classmethod
     def cpu(cls) -> MNetOptions:
-        """Measured fastest on the CPU (docs/benchmarks.md)."""
-        return cls(group_norm=True, merge_first=True, fast_inference=True, channels_last=True)
+        """Measured fastest on the CPU with freed memory kept (the configs' default; docs/benchmarks.md)."""
+        return cls(group_norm=True, merge_first=True, fast_inference=True)
 
     @classmethod
     def gpu(cls) -> MNetOptions:
@@ -51,16 +52,23 @@ class MNetOptions:
 
 
 def preset(
-    name: str = "auto", device: str | torch.device = "cpu", checkpointing: bool = False, bf16_autocast: bool = False
+    name: str = "auto",
+    device: str | torch.device = "cpu",
+    checkpointing: bool = False,
+    bf16_autocast: bool = False,
+    freed_memory_kept: bool = True,
 ) -> MNetOptions:
-    """The options a config asks for by name; ``auto`` picks the CPU or GPU preset by ``device``. ``bf16_autocast``
-    (CPU autocast is on): the CPU preset keeps the row-major layout, because PyTorch's channels_last group norm is
-    slow in bf16 (train step 1.2-1.4x, docs/benchmarks.md)."""
+    """The options a config asks for by name; ``auto`` picks the CPU or GPU preset by ``device``.
+
+    The CPU preset trains in channels_last only where glibc unmaps freed memory (``freed_memory_kept`` false) and in
+    float32: there oneDNN's layout reorders allocate fresh pages every step and channels_last avoids them. With freed
+    memory kept, or under bf16 autocast, PyTorch's slow channels_last group-norm backward makes it lose
+    (train step 1.09x the row-major one with memory kept, 0.89x without; docs/benchmarks.md)."""
     if name not in PRESETS:
         raise ValueError(f"--speed_preset: expected one of {', '.join(PRESETS)}, got {name!r}")
     if name == "auto":
         name = "gpu" if torch.device(device).type == "cuda" else "cpu"
     options = replace(getattr(MNetOptions, name)(), checkpointing=bool(checkpointing))
-    if name == "cpu" and bf16_autocast:
-        options = replace(options, channels_last=False)
+    if name == "cpu" and not freed_memory_kept and not bf16_autocast:
+        options = replace(options, channels_last=True)
     return options
