@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -17,13 +18,37 @@ def peak_rss_bytes() -> int:
     """This process's RSS high-water mark: Linux ``/proc/self/status`` VmHWM (``ru_maxrss`` is inherited by a child
     from its parent across exec), else ``ru_maxrss``."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
+        peak = _vm_hwm_bytes(Path("/proc/self/status").read_text())
+        if peak is not None:
+            return peak
     except OSError:
         pass
     scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _vm_hwm_bytes(status: str) -> int | None:
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def children_peak_rss_bytes() -> int | None:
+    """The largest RSS high-water mark among this process's live children (data loader workers), from ``/proc``;
+    ``None`` where there is no ``/proc`` or no child. A forked worker's figure includes the parent's pages that it
+    still shares (copy-on-write), as ``ps`` counts them."""
+    peaks = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # the name in parentheses may contain spaces
+            if ppid == os.getpid():
+                peak = _vm_hwm_bytes((stat.parent / "status").read_text())
+                if peak is not None:
+                    peaks.append(peak)
+        except (OSError, IndexError, ValueError):  # a process that ended while we read
+            continue
+    return max(peaks) if peaks else None
 
 
 def header(report: dict) -> str:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from benchmarks.common import write_json
+from benchmarks.common import children_peak_rss_bytes, peak_rss_bytes, write_json
 from monai.bundle import ConfigParser
 from scripts.cpu_memory import keep_freed_memory
 from scripts.demo.data import write_dataset
@@ -40,6 +40,7 @@ def parse_train_config(data_dir: Path, work_dir: Path, args: argparse.Namespace)
             "batch_size": args.batch,
             "num_workers": args.workers,
             "device": args.device,
+            "keep_freed_memory": args.keep_freed_memory,
         }
     )
     return parser
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> dict:
         sizes = {"inplane_range": (48, 56), "slices_range": (9, 12)} if args.quick else {}
         write_dataset(data_dir, num_cases=args.cases + 2, num_test=2, seed=0, **sizes)
         parser = parse_train_config(data_dir, work_dir, args)
-        keep_freed_memory(args.device, parser.get_parsed_content("keep_freed_memory"))  # as train_setup does
+        kept = keep_freed_memory(args.device, parser.get_parsed_content("keep_freed_memory"))  # as train_setup does
         loader = parser.get_parsed_content("train#dataloader")  # builds the cache (not timed)
         step = make_step(parser)
 
@@ -111,6 +112,7 @@ def run(args: argparse.Namespace) -> dict:
             pure_t += timed(pure, args.steps)
             pipe_t += timed(pipeline, args.steps)
             data_t += timed(data_only, args.steps)
+        workers_peak = children_peak_rss_bytes()  # the persistent workers are still alive here
     pure_s, pipe_s, data_s = (statistics.median(t) for t in (pure_t, pipe_t, data_t))
     return {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -126,6 +128,9 @@ def run(args: argparse.Namespace) -> dict:
         "pipeline_step_s": pipe_s,
         "data_only_s": data_s,
         "pipeline_over_pure_rate": pure_s / pipe_s,
+        "keep_freed_memory": kept,
+        "peak_rss_main_mb": peak_rss_bytes() / 2**20,
+        "peak_rss_largest_worker_mb": workers_peak / 2**20 if workers_peak is not None else None,
     }
 
 
@@ -142,6 +147,10 @@ def print_table(result: dict) -> None:
                        ("data loading + augmentation only", "data_only_s")]:  # fmt: skip
         print(f"{label:<34}{result[key]:>10.3f}{1 / result[key]:>10.2f}")
     print(f"pipeline rate / pure rate: {result['pipeline_over_pure_rate']:.2f} (target >= 0.90)")
+    worker = result["peak_rss_largest_worker_mb"]
+    worker_text = "-" if worker is None else f"{worker:.0f} MB"
+    freed = "kept" if result["keep_freed_memory"] else "released"
+    print(f"peak RSS: main {result['peak_rss_main_mb']:.0f} MB, largest worker {worker_text}, freed memory {freed}")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -150,17 +159,20 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--kn", type=json.loads, default=[32, 48, 64, 80, 96])
     p.add_argument("--patch", type=json.loads, default=[128, 128, 16])
     p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=None, help="data loader workers (2; 0 with --quick)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cases", type=int, default=8)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--keep_freed_memory", type=json.loads, default=True, help="true (as train.json) or false")
     p.add_argument("--quick", action="store_true", help="tiny data and network, for a smoke test")
     p.add_argument("--out", default=str(BUNDLE / "benchmarks" / "results" / "pipeline.json"))
     args = p.parse_args(argv)
     if args.quick:
         args.kn, args.patch, args.steps, args.repeats = [4, 4, 6, 6, 8], [48, 48, 8], 2, 1
-        args.cases, args.workers = 5, 0
+        args.cases = 5
+    if args.workers is None:
+        args.workers = 0 if args.quick else 2
     result = run(args)
     print_table(result)
     write_json(result, args.out)

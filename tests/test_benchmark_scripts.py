@@ -46,6 +46,43 @@ def test_pipeline_benchmark_quick(tmp_path):
     saved = json.loads(out.read_text())
     assert saved["pure_step_s"] > 0 and saved["pipeline_step_s"] > 0 and saved["data_only_s"] > 0
     assert saved["pipeline_over_pure_rate"] == saved["pure_step_s"] / saved["pipeline_step_s"]
+    assert saved["keep_freed_memory"] is (cpu_memory._libc() is not None) and saved["peak_rss_main_mb"] > 0
+    assert saved["peak_rss_largest_worker_mb"] is None  # --quick loads in the main process
+
+
+def test_pipeline_benchmark_reports_its_workers_memory(tmp_path):
+    """One data loader worker, freed memory released: the worker's peak RSS is read while it is alive."""
+    out = tmp_path / "pipeline.json"
+    try:
+        pipeline.main(["--quick", "--workers", "1", "--keep_freed_memory", "false", "--out", str(out)])
+    finally:
+        cpu_memory.release_freed_memory()
+    saved = json.loads(out.read_text())
+    assert saved["workers"] == 1 and saved["keep_freed_memory"] is False
+    assert saved["peak_rss_largest_worker_mb"] > 0
+
+
+def test_children_peak_rss_sees_a_live_child():
+    import multiprocessing
+
+    from benchmarks.common import children_peak_rss_bytes
+
+    def hold(ready, done):
+        block = b"\x01" * (200 * 2**20)  # written, so every page is resident
+        ready.set()
+        done.wait(30)
+        del block
+
+    context = multiprocessing.get_context("fork")
+    ready, done = context.Event(), context.Event()
+    child = context.Process(target=hold, args=(ready, done))
+    child.start()
+    try:
+        assert ready.wait(30)
+        assert children_peak_rss_bytes() > 200 * 2**20
+    finally:
+        done.set()
+        child.join(30)
 
 
 def test_inference_benchmark_cohort_quick(tmp_path):
