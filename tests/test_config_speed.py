@@ -87,8 +87,9 @@ def test_speed_preset_follows_the_device(config, device, expected):
 
 @pytest.mark.parametrize("config", ["configs/train.json", "configs/inference.json"])
 def test_cpu_layout_follows_keep_freed_memory(config, monkeypatch):
-    """The CPU preset is row-major while freed memory is kept and channels_last once `keep_freed_memory false` (or
-    a C library other than glibc) gives the pages back: each layout is the faster one there (docs/benchmarks.md)."""
+    """At the paper's widths the CPU preset is row-major while freed memory is kept and channels_last once
+    `keep_freed_memory false` (or a C library other than glibc) gives the pages back; narrow networks (the CPU
+    profile's kn) train in channels_last: each layout where it measured faster (docs/benchmarks.md)."""
     from scripts import cpu_memory
 
     def options(**overrides):
@@ -97,8 +98,9 @@ def test_cpu_layout_follows_keep_freed_memory(config, monkeypatch):
         parser.update({"device": "$torch.device('cpu')", **overrides})
         return parser.get_parsed_content("network_def").options
 
-    assert options() == MNetOptions.cpu() and not options().channels_last
+    assert options() == MNetOptions.cpu() and not options().channels_last  # the paper's widths
     assert options(keep_freed_memory=False) == replace(MNetOptions.cpu(), channels_last=True)
+    assert options(kn=[8, 12, 16, 20, 24]) == replace(MNetOptions.cpu(), channels_last=True)  # the CPU profile's
     monkeypatch.setattr(cpu_memory, "_libc", lambda: None)
     assert options().channels_last
 

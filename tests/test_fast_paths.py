@@ -190,6 +190,17 @@ def test_cpu_preset_trains_in_channels_last_only_while_glibc_releases_freed_memo
     assert preset("reference", "cpu", freed_memory_kept=False) == MNetOptions()
 
 
+def test_cpu_preset_trains_narrow_networks_in_channels_last():
+    """Below a first width of 32 channels_last measured faster on the CPU even with freed memory kept; at the paper's
+    widths row-major; bf16 and the GPU stay as they were."""
+    channels_last = replace(MNetOptions.cpu(), channels_last=True)
+    assert preset("auto", "cpu", widths=[8, 12, 16, 20, 24]) == channels_last
+    assert preset("auto", "cpu", widths=(31, 48, 64, 80, 96)) == channels_last
+    assert preset("auto", "cpu", widths=(32, 48, 64, 80, 96)) == MNetOptions.cpu()
+    assert not preset("auto", "cpu", bf16_autocast=True, widths=(8, 12, 16, 20, 24)).channels_last
+    assert preset("auto", "cuda:0", widths=(8, 12, 16, 20, 24)) == MNetOptions.gpu()
+
+
 def test_unknown_preset_and_options_type_are_refused():
     with pytest.raises(ValueError, match="speed_preset: expected one of auto, reference, cpu, gpu, got 'fast'"):
         preset("fast")

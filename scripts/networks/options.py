@@ -7,11 +7,16 @@ buys on which device.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
 
 PRESETS = ("auto", "reference", "cpu", "gpu")
+# With freed memory kept, CPU training in channels_last paid for networks narrower than this first width (train step
+# 0.78x row-major's at kn 8, 0.90x at 24, 0.96x at 28) and lost from it on (1.08-1.11x at the paper's 32, 1.02x at
+# 40): oneDNN's layout copies weigh more than the slow channels_last group norm in narrow layers (docs/benchmarks.md).
+CHANNELS_LAST_BELOW_WIDTH = 32
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,8 @@ class MNetOptions:
 
     @classmethod
     def cpu(cls) -> MNetOptions:
-        """Measured fastest on the CPU with freed memory kept (the configs' default; docs/benchmarks.md)."""
+        """Measured fastest on the CPU at the paper's widths with freed memory kept (the configs' default); ``preset``
+        adds channels_last where that is faster (docs/benchmarks.md)."""
         return cls(group_norm=True, merge_first=True, fast_inference=True)
 
     @classmethod
@@ -57,18 +63,21 @@ def preset(
     checkpointing: bool = False,
     bf16_autocast: bool = False,
     freed_memory_kept: bool = True,
+    widths: Sequence[int] | None = None,
 ) -> MNetOptions:
     """The options a config asks for by name; ``auto`` picks the CPU or GPU preset by ``device``.
 
-    The CPU preset trains in channels_last only where glibc unmaps freed memory (``freed_memory_kept`` false) and in
-    float32: there oneDNN's layout reorders allocate fresh pages every step and channels_last avoids them. With freed
-    memory kept, or under bf16 autocast, PyTorch's slow channels_last group-norm backward makes it lose
-    (train step 1.09x the row-major one with memory kept, 0.89x without; docs/benchmarks.md)."""
+    The CPU preset trains in float32 in channels_last where that measured faster: while glibc unmaps freed memory
+    (``freed_memory_kept`` false: oneDNN's layout copies around every convolution fault in fresh pages each step and
+    channels_last has none), and for networks whose first width (``widths[0]``, MNet's ``kn``) is below
+    ``CHANNELS_LAST_BELOW_WIDTH``. At the paper's widths with freed memory kept, and under bf16 autocast, PyTorch's
+    slow channels_last group norm makes the row-major layout faster (docs/benchmarks.md)."""
     if name not in PRESETS:
         raise ValueError(f"--speed_preset: expected one of {', '.join(PRESETS)}, got {name!r}")
     if name == "auto":
         name = "gpu" if torch.device(device).type == "cuda" else "cpu"
     options = replace(getattr(MNetOptions, name)(), checkpointing=bool(checkpointing))
-    if name == "cpu" and not freed_memory_kept and not bf16_autocast:
+    narrow = widths is not None and int(widths[0]) < CHANNELS_LAST_BELOW_WIDTH
+    if name == "cpu" and not bf16_autocast and (narrow or not freed_memory_kept):
         options = replace(options, channels_last=True)
     return options
