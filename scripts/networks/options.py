@@ -28,8 +28,8 @@ class MNetOptions:
     convolutions (``inference_kernels.py``).
     checkpointing: in training, recompute each mesh node's activations in backward instead of storing them.
     channels_last: weights, and in training the activations, in ``torch.channels_last_3d`` (no oneDNN layout reorders
-    around the convolutions; on the CPU it pays only while glibc unmaps freed memory, see ``preset``). Inference keeps
-    the input's layout.
+    around the convolutions; on the CPU it pays while glibc unmaps freed memory and in narrow networks, see
+    ``preset``). Inference keeps the input's layout.
     thick_first: compute with the thick axis first (``slice_frame.py``); with channels_last the 2D blocks' convolutions
     then run as conv2d over (batch x slices) on a zero-copy view."""
 
