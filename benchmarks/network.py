@@ -84,10 +84,13 @@ def build_dynunet() -> nn.Module:
     )
 
 
-def build(name: str) -> nn.Module:
-    """The uncompiled model of a variant, on CPU, in float32."""
+def build(name: str, kn: tuple[int, ...] | None = None) -> nn.Module:
+    """The uncompiled model of a variant, on CPU, in float32; ``kn``: MNet's widths (default the paper's)."""
     options = VARIANTS[name][0]
-    return build_dynunet() if options is None else MNet(1, NUM_CLASSES, options=MNetOptions(**options))
+    if options is None:
+        return build_dynunet()
+    widths = {"kn": tuple(kn)} if kn else {}
+    return MNet(1, NUM_CLASSES, options=MNetOptions(**options), **widths)
 
 
 def split_outputs(outputs: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
@@ -113,11 +116,16 @@ class Runner:
     """One variant ready to run: model, optimizer, fixed inputs, and its train step / inference callables."""
 
     def __init__(
-        self, name: str, device: torch.device, patch: tuple[int, int, int], amp_dtype: torch.dtype = torch.float16
+        self,
+        name: str,
+        device: torch.device,
+        patch: tuple[int, int, int],
+        amp_dtype: torch.dtype = torch.float16,
+        kn: tuple[int, ...] | None = None,
     ):
         _, compile_it = VARIANTS[name]
         self.name, self.device = name, device
-        self.base = build(name).to(device)
+        self.base = build(name, kn).to(device)
         self.model = torch.compile(self.base) if compile_it else self.base
         self.optimizer = torch.optim.SGD(self.base.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
         generator = torch.Generator().manual_seed(0)
@@ -149,13 +157,13 @@ class Runner:
             self.model(self.x_infer)
 
 
-def forward_gflop(name: str, patch: tuple[int, int, int]) -> float:
+def forward_gflop(name: str, patch: tuple[int, int, int], kn: tuple[int, ...] | None = None) -> float:
     """Forward GFLOP of a batch-1 eval forward (torch's FlopCounterMode: convolutions and matmuls, 2 FLOP per MAC),
     counted on the meta device: shapes only, no arithmetic, so large patches cost nothing to count."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
-        model = build(name).eval()
+        model = build(name, kn).eval()
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         model(torch.zeros(1, 1, *patch, device="meta"))
@@ -172,12 +180,16 @@ def peak_gflops(device: torch.device, size: int = 2048, repeats: int = 5) -> flo
 
 
 def measure_memory(
-    name: str, device: torch.device, patch: tuple[int, int, int], amp_dtype: torch.dtype = torch.float16
+    name: str,
+    device: torch.device,
+    patch: tuple[int, int, int],
+    amp_dtype: torch.dtype = torch.float16,
+    kn: tuple[int, ...] | None = None,
 ) -> float:
     """Peak memory (MB) of two train steps beyond what the set-up model and inputs hold. CPU: the peak RSS of this
     process (``VmHWM``; not ``ru_maxrss``, which a child inherits from its parent across exec) minus the RSS before
     the first step; CUDA: ``max_memory_allocated`` beyond the baseline."""
-    runner = Runner(name, device, patch, amp_dtype)
+    runner = Runner(name, device, patch, amp_dtype, kn)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -202,11 +214,12 @@ def memory_in_subprocess(
     amp_dtype: torch.dtype,
     cudnn: str,
     freed_memory: str = "keep",
+    kn: tuple[int, ...] | None = None,
 ) -> float | None:
     """Run ``measure_memory`` in a fresh interpreter (RSS high-water marks never go down within a process)."""
     cmd = [sys.executable, "-m", "benchmarks.network", "--measure-memory", name, "--device", device.type]
     cmd += ["--threads", str(threads), "--patch", *map(str, patch), "--amp-dtype", str(amp_dtype).split(".")[-1]]
-    cmd += ["--cudnn", cudnn, "--freed-memory", freed_memory]
+    cmd += ["--cudnn", cudnn, "--freed-memory", freed_memory] + (["--kn", *map(str, kn)] if kn else [])
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     if done.returncode != 0:
         print(f"memory measurement of {name} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
@@ -268,11 +281,12 @@ def run_benchmark(
     amp_dtype: torch.dtype = torch.float16,
     cudnn: str = "benchmark",
     freed_memory: str = "keep",
+    kn: tuple[int, ...] | None = None,
 ) -> dict:
     if freed_memory == "release":
         release_freed_memory()  # glibc's defaults, also after an earlier run in this process kept it
     kept = keep_freed_memory(device, freed_memory == "keep")
-    runners = {name: Runner(name, device, patch, amp_dtype) for name in models}
+    runners = {name: Runner(name, device, patch, amp_dtype, kn) for name in models}
     compile_s = _warm_up(runners, device)
     times: dict[str, dict[str, list[float]]] = {name: {"train": [], "infer": []} for name in runners}
     for repeat in range(repeats):
@@ -285,7 +299,7 @@ def run_benchmark(
     rows = []
     for name in runners:
         setting = (name, device, patch, threads, amp_dtype, cudnn)
-        gflop = forward_gflop(name, patch)
+        gflop = forward_gflop(name, patch, kn)
         train_s = statistics.median(times[name]["train"])
         infer_s = statistics.median(times[name]["infer"])
         rows.append(
@@ -303,7 +317,7 @@ def run_benchmark(
                 "infer_times": [round(t, 4) for t in times[name]["infer"]],
                 "gflops": round(3 * 2 * gflop / train_s, 1),  # train step: batch 2, backward ~ 2x forward
                 "infer_gflops": round(gflop / infer_s, 1),
-                "peak_mb": memory_in_subprocess(*setting, freed_memory) if memory else None,
+                "peak_mb": memory_in_subprocess(*setting, freed_memory, kn) if memory else None,
             }
         )
     by_name = {row["name"]: row for row in rows}
@@ -324,6 +338,7 @@ def run_benchmark(
         "keep_freed_memory": kept,
         "threads": torch.get_num_threads(),
         "patch": list(patch),
+        "mnet_kn": list(kn) if kn else None,
         "train_batch": 2,
         "infer_batch": 1,
         "repeats": repeats,
@@ -363,8 +378,8 @@ BASELINES = {
 
 def against_baseline(report: dict, baseline: dict) -> list[dict]:
     """Each model's ratios to DynUNet now and in ``baseline`` (absolute times move with the host, ratios less);
-    only models in both runs, and only when both ran the same patch."""
-    if baseline.get("patch") != report["patch"]:
+    only models in both runs, and only when both ran the same patch and MNet widths."""
+    if baseline.get("patch") != report["patch"] or baseline.get("mnet_kn") != report.get("mnet_kn"):
         return []
     before = {row["name"]: row for row in baseline["models"]}
     rows = []
@@ -414,6 +429,7 @@ def main(
     cudnn: str = "benchmark",
     baseline: str | None = None,
     freed_memory: str = "keep",
+    kn: list[int] | None = None,
 ) -> dict:
     """Measure, print a markdown table (and the ratios against ``baseline``, by default the device's entry of
     BASELINES), write the JSON report to ``out`` and return it."""
@@ -431,10 +447,12 @@ def main(
         raise ValueError(f"unknown models {unknown}; choose from {list(VARIANTS)}")
     configure_cudnn(cudnn)
     dtype = getattr(torch, amp_dtype or ("float16" if torch_device.type == "cuda" else "float32"))
-    report = run_benchmark(names, torch_device, size, repeats, threads, memory, dtype, cudnn, freed_memory)
+    widths = tuple(kn) if kn else None
+    report = run_benchmark(names, torch_device, size, repeats, threads, memory, dtype, cudnn, freed_memory, widths)
     amp = f"  AMP {report['amp']}  cudnn {report['cudnn']}" if report["amp"] else ""
     kept = "  freed memory kept" if report["keep_freed_memory"] else ""
-    print(f"{header(report)}  peak matmul {report['peak_gflops']} GFLOP/s{amp}{kept}")
+    widths = f"  MNet kn {report['mnet_kn']}" if report["mnet_kn"] else ""
+    print(f"{header(report)}{widths}  peak matmul {report['peak_gflops']} GFLOP/s{amp}{kept}")
     print(format_table(report))
     baseline_path = Path(baseline) if baseline else BASELINES.get(torch_device.type)
     if baseline_path is not None and baseline_path.is_file():
@@ -458,6 +476,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the memory subprocesses")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--patch", type=int, nargs=3, help="override the patch (x y z), thick axis last")
+    parser.add_argument("--kn", type=int, nargs=5, help="MNet's five widths (default the paper's 32 48 64 80 96)")
     parser.add_argument(
         "--amp-dtype",
         choices=["float16", "bfloat16", "float32"],
@@ -485,7 +504,8 @@ if __name__ == "__main__":
         mem_device = resolve_device(args.device)
         mem_dtype = args.amp_dtype or ("float16" if mem_device.type == "cuda" else "float32")
         keep_freed_memory(mem_device, args.freed_memory == "keep")
-        print(measure_memory(args.measure_memory, mem_device, size, getattr(torch, mem_dtype)))
+        kn = tuple(args.kn) if args.kn else None
+        print(measure_memory(args.measure_memory, mem_device, size, getattr(torch, mem_dtype), kn))
     else:
         main(
             device=args.device,
@@ -501,4 +521,5 @@ if __name__ == "__main__":
             cudnn=args.cudnn,
             baseline=args.baseline,
             freed_memory=args.freed_memory,
+            kn=args.kn,
         )

@@ -155,6 +155,21 @@ def test_omp_wait_policy_reads_iteration_times_from_the_training_log():
     assert omp_wait_policy.iteration_times(log) == [2.5, 1.25]
 
 
+def test_network_benchmark_measures_other_mnet_widths(tmp_path):
+    """`--kn` builds MNet with those widths (what CHANNELS_LAST_BELOW_WIDTH was measured with), in the memory
+    subprocess too, and a run of other widths is not compared with it."""
+    from benchmarks import network
+
+    out = tmp_path / "kn.json"
+    report = network.main(quick=True, models=["mnet+cpu"], out=str(out), kn=[4, 4, 6, 6, 8],
+                          baseline=str(tmp_path / "none.json"))  # fmt: skip
+    row = report["models"][0]
+    assert report["mnet_kn"] == [4, 4, 6, 6, 8] and row["peak_mb"] is not None
+    assert row["params"] == sum(p.numel() for p in network.build("mnet+cpu", (4, 4, 6, 6, 8)).parameters())
+    assert row["params"] < sum(p.numel() for p in network.build("mnet+cpu").parameters())
+    assert network.against_baseline({**report, "mnet_kn": None}, json.loads(out.read_text())) == []
+
+
 def test_network_benchmark_compares_its_ratios_with_an_earlier_run(tmp_path):
     """`make bench` prints the ratios to DynUNet next to those of the last recorded run (the JSON of that run)."""
     from benchmarks import network

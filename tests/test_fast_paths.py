@@ -180,7 +180,7 @@ def test_auto_preset_follows_the_device(device, expected):
     assert preset("reference", device) == MNetOptions()
 
 
-def test_cpu_preset_trains_in_channels_last_only_while_glibc_releases_freed_memory():
+def test_cpu_preset_trains_in_channels_last_while_glibc_releases_freed_memory():
     """With freed memory kept (the configs' default) the row-major layout trains faster on the CPU, with glibc's
     defaults channels_last does (docs/benchmarks.md); under bf16 row-major either way. The GPU preset is untouched."""
     assert not preset("auto", "cpu").channels_last
