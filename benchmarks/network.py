@@ -51,6 +51,7 @@ VARIANTS: dict[str, tuple[dict | None, bool]] = {
     "mnet+merge_first": ({"merge_first": True}, False),
     "mnet+cpu": (CPU, False),
     "mnet+cpu+channels_last": ({**CPU, "channels_last": True}, False),  # the CPU preset with freed memory released
+    "mnet+cpu-fast_training": ({**CPU, "fast_training": False}, False),  # PyTorch's pooling/upsampling in training
     "mnet+cpu+thick_first": ({**CPU, "channels_last": True, "thick_first": True}, False),  # noise level: opt-in
     "mnet+channels_last+thick_first": ({"channels_last": True, "thick_first": True}, False),  # the GPU lever
     "mnet+checkpointing": ({"checkpointing": True}, False),

@@ -9,7 +9,7 @@ every choice has the reference's parameters and state_dict keys.
 from __future__ import annotations
 
 import torch
-from scripts.networks.inference_kernels import upsample
+from scripts.networks.resampling import upsample
 from scripts.networks.topology import FMU_MODES
 from torch import nn
 
@@ -96,7 +96,13 @@ class FeatureMerge(nn.Module):
         return torch.cat([a, b], dim=1)
 
     def upsampled(
-        self, a: torch.Tensor, b: torch.Tensor, size: list[int], merge_first: bool = False, fast: bool = False
+        self,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        size: list[int],
+        merge_first: bool = False,
+        fast: bool = False,
+        fast_training: bool = False,
     ) -> torch.Tensor:
         """FMU(up(a), up(b)) with ``up`` = trilinear interpolation to ``size`` (align_corners=False).
 
@@ -104,7 +110,7 @@ class FeatureMerge(nn.Module):
         ``up(a) -/+ up(b) == up(a' -/+ b')``, where a' and b' are a and b interpolated along the axes on which only
         one of them is coarser (each axis is still interpolated once, source to target). The full-resolution
         interpolation then runs once instead of twice. Used when every axis allows it (equal sizes, or the finer one
-        already at the target); the reference order otherwise. ``fast``: ``inference_kernels.upsample``'s kernels.
+        already at the target); the reference order otherwise. ``fast``, ``fast_training``: ``resampling.upsample``'s.
         """
         if merge_first and self.mode != "cat":
             common: list[int] = []
@@ -113,7 +119,7 @@ class FeatureMerge(nn.Module):
                 common.append(max(x, y))
                 possible = possible and (x == y or max(x, y) == target)
             if possible:
-                a, b = upsample(a, common, fast), upsample(b, common, fast)
-                merged = upsample(a - b if self.mode == "sub" else a + b, size, fast)
+                a, b = upsample(a, common, fast, fast_training), upsample(b, common, fast, fast_training)
+                merged = upsample(a - b if self.mode == "sub" else a + b, size, fast, fast_training)
                 return torch.abs(merged) if self.mode == "sub" else merged
-        return self.forward(upsample(a, size, fast), upsample(b, size, fast))
+        return self.forward(upsample(a, size, fast, fast_training), upsample(b, size, fast, fast_training))

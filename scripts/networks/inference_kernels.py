@@ -1,13 +1,10 @@
-"""Exact, faster CPU kernels for MNet's inference: x2 max pooling, x2 trilinear upsampling and small convolutions.
+"""Exact, faster CPU convolutions for MNet's batch-1 inference (the x2 pooling and upsampling are ``resampling.py``).
 
-Why: in a CPU inference forward, ``F.max_pool3d`` (~7 %) and trilinear ``F.interpolate`` (~12 %) cost a fifth of
-MNet's time, and PyTorch sends batch-1 convolutions of the small deep levels (N*C*D*H <= 20480) to its slow reference
-kernel (~11 %, 2-3x slower there than oneDNN; docs/benchmarks.md). With exact factors of 2, pooling is ``maximum`` of
-the even and odd slices per pooled axis, and linear x2 upsampling (align_corners=False) gives every output 0.75 of
-its source voxel plus 0.25 of the neighbour on its side (the edge voxel at the borders); convolutions go to oneDNN.
-The results equal PyTorch's (pooling bit for bit, the rest to float rounding). They run only where autograd is off
-(training keeps PyTorch's ops and their backward), on the CPU, outside TorchScript and ONNX export; anything else
-takes PyTorch's op, and so does ``torch.compile`` (it picks its own kernels).
+Why: PyTorch sends batch-1 convolutions of the small deep levels (N*C*D*H <= 20480) to its slow reference kernel
+(~11 % of a CPU inference forward, 2-3x slower there than oneDNN; docs/benchmarks.md); these go to oneDNN, with the
+results of PyTorch's to float rounding. They run only where autograd is off, on the CPU, in float32 outside CPU
+autocast, TorchScript and ONNX export; anything else takes PyTorch's op, and so does ``torch.compile`` (it picks its
+own kernels).
 """
 
 # no `from __future__ import annotations`: TorchScript cannot resolve string annotations of a jit.unused function
@@ -15,6 +12,7 @@ import weakref
 
 import torch
 import torch.nn.functional as F
+from scripts.networks.resampling import cpu_autocast, eager_cpu
 from torch import nn
 
 MKLDNN = torch.backends.mkldnn.is_available()
@@ -22,21 +20,14 @@ MKLDNN = torch.backends.mkldnn.is_available()
 
 def _fast_path(x: torch.Tensor, enabled: bool) -> bool:
     """Eager CPU inference only: under ``torch.compile`` the compiler picks the kernels (and cannot trace oneDNN's
-    op with fake tensors), in training PyTorch's ops keep their backward."""
-    if not enabled or torch.jit.is_scripting() or torch.is_grad_enabled() or x.device.type != "cpu":
-        return False
-    return not (torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
+    op with fake tensors), in training PyTorch's convolutions and their backward run."""
+    return enabled and not torch.is_grad_enabled() and eager_cpu(x)
 
 
 def _onednn_conv(x: torch.Tensor, fast: bool) -> bool:
     """Where PyTorch's heuristic picks its slow reference kernel and oneDNN is exact: batch-1 float32 CPU inference.
     Not under CPU autocast: oneDNN's op is not on autocast's list, so the network would silently run in float32."""
-    return x.shape[0] == 1 and x.dtype == torch.float32 and _fast_path(x, fast) and not _cpu_autocast()
-
-
-@torch.jit.unused
-def _cpu_autocast() -> bool:
-    return torch.is_autocast_enabled("cpu")
+    return x.shape[0] == 1 and x.dtype == torch.float32 and _fast_path(x, fast) and not cpu_autocast()
 
 
 def conv3d(
@@ -66,47 +57,6 @@ def _row_major(t: torch.Tensor) -> torch.Tensor:
         expected.insert(0, step)
         step *= size
     return t if list(t.stride()) == expected else t.clone(memory_format=torch.contiguous_format)
-
-
-def max_pool(x: torch.Tensor, kernel: list[int], fast: bool = False) -> torch.Tensor:
-    """``F.max_pool3d(x, kernel, stride=kernel)`` for kernels of 1s and 2s (floor mode drops an odd last voxel)."""
-    if not _fast_path(x, fast):
-        return F.max_pool3d(x, kernel_size=kernel, stride=kernel)
-    for axis, k in enumerate(kernel):
-        if k == 2:
-            dim = axis + 2
-            pairs = x.narrow(dim, 0, x.shape[dim] // 2 * 2).unflatten(dim, (x.shape[dim] // 2, 2))
-            x = torch.maximum(pairs.select(dim + 1, 0), pairs.select(dim + 1, 1))
-    return x
-
-
-def upsample(x: torch.Tensor, size: list[int], fast: bool = False) -> torch.Tensor:
-    """``F.interpolate(x, size, mode="trilinear", align_corners=False)``; ``x`` itself when it already has ``size``."""
-    if list(x.shape[2:]) == list(size):
-        return x
-    factors_of_two = True
-    for source, target in zip(x.shape[2:], size):
-        factors_of_two = factors_of_two and target in (source, 2 * source)
-    if not (factors_of_two and _fast_path(x, fast)):
-        return F.interpolate(x, size=size, mode="trilinear", align_corners=False)
-    for axis, target in enumerate(size):
-        if target != x.shape[axis + 2]:
-            x = _double(x, axis + 2)
-    return x
-
-
-def _double(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """Linear x2 upsampling along ``dim``: out[2i] = .75 x[i] + .25 x[i-1], out[2i+1] = .75 x[i] + .25 x[i+1]."""
-    n = x.shape[dim]
-    out = x.new_empty(x.shape[: dim + 1] + (2,) + x.shape[dim + 1 :])
-    even, odd = out.select(dim + 1, 0), out.select(dim + 1, 1)
-    torch.mul(x, 0.75, out=even)
-    odd.copy_(even)
-    even.narrow(dim, 1, n - 1).add_(x.narrow(dim, 0, n - 1), alpha=0.25)
-    even.narrow(dim, 0, 1).add_(x.narrow(dim, 0, 1), alpha=0.25)
-    odd.narrow(dim, 0, n - 1).add_(x.narrow(dim, 1, n - 1), alpha=0.25)
-    odd.narrow(dim, n - 1, 1).add_(x.narrow(dim, n - 1, 1), alpha=0.25)
-    return out.flatten(dim, dim + 1)
 
 
 _ROW_MAJOR_WEIGHTS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()

@@ -15,8 +15,9 @@ from functools import partial
 import torch
 import torch.utils.checkpoint
 from scripts.networks.blocks import ConvBlock, FeatureMerge, InstanceNormByGroupNorm, axis_kernel, instance_norm
-from scripts.networks.inference_kernels import InferenceConv3d, max_pool
+from scripts.networks.inference_kernels import InferenceConv3d
 from scripts.networks.options import MNetOptions
+from scripts.networks.resampling import max_pool
 from scripts.networks.slice_frame import ThickFirstConv3d, from_thick_first, to_thick_first
 from scripts.networks.topology import NUM_LEVELS, NodeSpec, deep_supervision_sources, mesh_topology
 from torch import nn
@@ -56,6 +57,7 @@ class MeshNode(nn.Module):
         self.checkpointing = options.checkpointing
         self.merge_first = options.merge_first
         self.fast = options.fast_inference
+        self.fast_training = options.fast_training
         blocks = {"conv_op": conv_op, "norm_op": norm_op, "thick_axis": thick_axis}
         if spec.emits_2d:
             self.block_2d = ConvBlock(spec.in_channels, spec.out_channels, "2d", **blocks)
@@ -64,7 +66,7 @@ class MeshNode(nn.Module):
 
     def _pool_3d(self, x: torch.Tensor) -> torch.Tensor:
         kernel = [2, 2, 2] if x.shape[self.thick_dim] >= self.min_z else self.pool_2d
-        return max_pool(x, kernel, self.fast)
+        return max_pool(x, kernel, self.fast, self.fast_training)
 
     def _encoder_input(
         self, image: torch.Tensor, f2d: dict[str, torch.Tensor], f3d: dict[str, torch.Tensor]
@@ -73,7 +75,7 @@ class MeshNode(nn.Module):
             return image
         if not self.has_2d_input:
             return self._pool_3d(f3d[self.src_3d])
-        x2d = max_pool(f2d[self.src_2d], self.pool_2d, self.fast)
+        x2d = max_pool(f2d[self.src_2d], self.pool_2d, self.fast, self.fast_training)
         if not self.has_3d_input:
             return x2d
         return self.merge(x2d, self._pool_3d(f3d[self.src_3d]))
@@ -81,7 +83,9 @@ class MeshNode(nn.Module):
     def _decoder_input(self, f2d: dict[str, torch.Tensor], f3d: dict[str, torch.Tensor]) -> torch.Tensor:
         skip_2d, skip_3d = f2d[self.skip], f3d[self.skip]
         size = list(skip_2d.shape[2:])
-        up = self.merge.upsampled(f2d[self.src_2d], f3d[self.src_3d], size, self.merge_first, self.fast)
+        up = self.merge.upsampled(
+            f2d[self.src_2d], f3d[self.src_3d], size, self.merge_first, self.fast, self.fast_training
+        )
         return torch.cat([self.merge(skip_2d, skip_3d), up], dim=1)
 
     def forward(

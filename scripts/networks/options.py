@@ -24,8 +24,10 @@ class MNetOptions:
     """group_norm: instance norm computed by the (faster on the CPU) group-norm kernel, one group per channel.
     merge_first: decoder nodes merge the two upsampled streams ("sub"/"sum") at the coarse size and interpolate once
     (exact: interpolation is linear).
-    fast_inference: with autograd off on the CPU, exact x2 pooling/upsampling on strided views and oneDNN for batch-1
-    convolutions (``inference_kernels.py``).
+    fast_inference: with autograd off on the CPU, exact x2 pooling/upsampling on strided views (``resampling.py``) and
+    oneDNN for batch-1 convolutions (``inference_kernels.py``).
+    fast_training: in CPU training too, the strided x2 pooling/upsampling, with their own backward (exact: pooling's
+    gradient goes where PyTorch's goes, upsampling's equals PyTorch's to float rounding).
     checkpointing: in training, recompute each mesh node's activations in backward instead of storing them.
     channels_last: weights, and in training the activations, in ``torch.channels_last_3d`` (no oneDNN layout reorders
     around the convolutions; on the CPU it pays while glibc unmaps freed memory and in narrow networks, see
@@ -36,6 +38,7 @@ class MNetOptions:
     group_norm: bool = False
     merge_first: bool = False
     fast_inference: bool = False
+    fast_training: bool = False
     checkpointing: bool = False
     channels_last: bool = False
     thick_first: bool = False
@@ -49,7 +52,7 @@ class MNetOptions:
     def cpu(cls) -> MNetOptions:
         """Measured fastest on the CPU at the paper's widths with freed memory kept (the configs' default); ``preset``
         adds channels_last where that is faster (docs/benchmarks.md)."""
-        return cls(group_norm=True, merge_first=True, fast_inference=True)
+        return cls(group_norm=True, merge_first=True, fast_inference=True, fast_training=True)
 
     @classmethod
     def gpu(cls) -> MNetOptions:
