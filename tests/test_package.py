@@ -85,7 +85,7 @@ def test_zip_ships_exactly_the_scripts_the_configs_import(tmp_path):
     assert shipped == set(package.shipped_modules(BUNDLE))
     # what the configs name directly is shipped, and so is what those modules import
     for name in ("check_data", "datalist", "handlers", "metrics", "plan_file", "transforms", "writers", "errors",
-                 "atomic", "networks/blocks", "networks/inference_kernels"):  # fmt: skip
+                 "atomic", "networks/blocks", "networks/inference_kernels", "networks/resampling"):  # fmt: skip
         assert f"scripts/{name}.py" in shipped, name
     # the demo, its report and the release tool are not runtime parts of the bundle
     assert not [f for f in shipped if f.startswith("scripts/demo/")]
