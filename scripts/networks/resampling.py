@@ -15,7 +15,7 @@ kernels) and on other devices PyTorch's ops run. The training path also steps as
 # no `from __future__ import annotations`: TorchScript cannot resolve string annotations of a jit.unused function
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
+from torch.autograd.function import Function, once_differentiable
 
 
 def eager_cpu(x: torch.Tensor) -> bool:
@@ -139,7 +139,7 @@ def _route_pair_max(x: torch.Tensor, grad: torch.Tensor, dim: int) -> torch.Tens
     return out
 
 
-class _MaxPool(torch.autograd.Function):
+class _MaxPool(Function):
     """Pair maxima forward; backward recomputes the intermediate maxima from the saved input (the next layer keeps
     that input alive anyway) and routes the gradient back pair by pair."""
 
@@ -163,7 +163,7 @@ class _MaxPool(torch.autograd.Function):
         return grad, None
 
 
-class _Upsample(torch.autograd.Function):
+class _Upsample(Function):
     """``_double`` per upsampled axis; backward is its adjoint, axis by axis in reverse."""
 
     @staticmethod
