@@ -73,6 +73,8 @@ def parse_inference_config(image: Path, out_dir: Path, args: argparse.Namespace)
     )
     if args.patch:
         parser["patch_size"] = args.patch
+    if args.sw_overlap is not None:
+        parser["sw_overlap"] = args.sw_overlap
     return parser
 
 
@@ -93,11 +95,17 @@ def run(args: argparse.Namespace) -> dict:
         batch = list_data_collate([dataset[0]])
         t_pre = time.perf_counter() - start
 
+        windows: list[int] = []
+
+        def counted(window_batch, *more, **kwargs):  # the windows the sliding window sends to the network
+            windows.append(window_batch.shape[0])
+            return predictor(window_batch, *more, **kwargs)
+
         sw_times = []
         for _ in range(1 + args.repeats):
             start = time.perf_counter()
             with torch.inference_mode(), evaluator_autocast(use_amp, amp_kwargs):
-                batch["pred"] = inferer(batch["image"].to(device), predictor)
+                batch["pred"] = inferer(batch["image"].to(device), counted)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             sw_times.append(time.perf_counter() - start)
@@ -121,6 +129,8 @@ def run(args: argparse.Namespace) -> dict:
         "kn": args.kn,
         "patch": parser.get_parsed_content("patch_size"),
         "sw_batch_size": args.sw_batch_size,
+        "sw_overlap": parser.get_parsed_content("sw_overlap"),
+        "windows": sum(windows) // (1 + args.repeats),
         "amp": bool(use_amp),
         "amp_dtype": args.amp_dtype,
         "convolution_dtype": sorted(conv_dtypes),
@@ -199,6 +209,8 @@ def run_cohort(args: argparse.Namespace, scans: Path, out_dir: Path) -> dict:
                    "background_writes": args.background_writes})  # fmt: skip
     if args.patch:
         parser["patch_size"] = args.patch
+    if args.sw_overlap is not None:
+        parser["sw_overlap"] = args.sw_overlap
     keep_freed_memory(device, parser.get_parsed_content("keep_freed_memory"))  # as inference_setup does
     evaluator = parser.get_parsed_content("evaluator")
     timed = TimedInferer(evaluator.inferer, device)
@@ -240,6 +252,8 @@ def cohort(args: argparse.Namespace) -> dict:
                    "--num_workers", str(workers), "--background_writes", str(background).lower()]  # fmt: skip
             if args.patch:
                 cmd += ["--patch", json.dumps(args.patch)]
+            if args.sw_overlap is not None:
+                cmd += ["--sw_overlap", str(args.sw_overlap)]
             subprocess.run(cmd, check=True, cwd=BUNDLE, env={**os.environ, "PYTHONWARNINGS": "ignore"},
                            stdout=subprocess.DEVNULL)  # fmt: skip
             runs.append(json.loads(out.read_text()))
@@ -275,7 +289,8 @@ def print_cohort(r: dict) -> None:
 
 def print_table(r: dict) -> None:
     print(f"\nWhole-volume inference, {r['device']}, {r['threads']} threads, volume {r['shape']} at {r['spacing']} mm, "
-          f"kn={r['kn']}, roi {r['patch']}, sw_batch {r['sw_batch_size']}, CUDA AMP {r['amp']}, "
+          f"kn={r['kn']}, roi {r['patch']}, {r['windows']} windows at overlap {r['sw_overlap']}, "
+          f"sw_batch {r['sw_batch_size']}, CUDA AMP {r['amp']}, "
           f"convolutions in {'/'.join(r['convolution_dtype'])}")  # fmt: skip
     for label, key in [("preprocessing (load, RAS, resample, normalise)", "preprocessing_s"),
                        ("sliding window (first run)", "sliding_window_s"),
@@ -290,7 +305,8 @@ def print_table(r: dict) -> None:
     print(f"peak RSS {r['peak_rss_mb']:.0f} MB{gpu}")
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (gpu_check.sh's steps are checked against it in tests)."""
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if cuda else "cpu")
@@ -299,6 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--kn", type=json.loads, default=[32, 48, 64, 80, 96])
     p.add_argument("--patch", type=json.loads, default=None, help="roi size; default: the plan's patch")
     p.add_argument("--sw_batch_size", type=int, default=4 if cuda else 1)
+    p.add_argument("--sw_overlap", type=float, default=None, help="default: inference.json's (0.5)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(
         "--amp_dtype",
@@ -321,7 +338,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--background_writes", default="true", help=argparse.SUPPRESS)
     p.add_argument("--_one_cohort", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=str(BUNDLE / "benchmarks" / "results" / "inference.json"))
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     args.background_writes = str(args.background_writes).lower() == "true"
     if args.quick:
         args.shape, args.kn, args.patch = [64, 64, 10], [4, 4, 6, 6, 8], [48, 48, 8]

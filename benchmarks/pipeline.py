@@ -153,7 +153,8 @@ def print_table(result: dict) -> None:
     print(f"peak RSS: main {result['peak_rss_main_mb']:.0f} MB, largest worker {worker_text}, freed memory {freed}")
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (gpu_check.sh's steps are checked against it in tests)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--kn", type=json.loads, default=[32, 48, 64, 80, 96])
@@ -167,7 +168,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--keep_freed_memory", type=json.loads, default=True, help="true (as train.json) or false")
     p.add_argument("--quick", action="store_true", help="tiny data and network, for a smoke test")
     p.add_argument("--out", default=str(BUNDLE / "benchmarks" / "results" / "pipeline.json"))
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     if args.quick:
         args.kn, args.patch, args.steps, args.repeats = [4, 4, 6, 6, 8], [48, 48, 8], 2, 1
         args.cases = 5

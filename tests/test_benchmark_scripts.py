@@ -22,6 +22,16 @@ def test_inference_benchmark_quick(tmp_path):
     # inference.json on the CPU computes in float32 (amp is for CUDA); the benchmark opened CPU autocast (bf16) before
     assert saved["convolution_dtype"] == ["float32"] and saved["amp"] is False
     assert saved["keep_freed_memory"] is (cpu_memory._libc() is not None)  # as inference_setup does
+    # 64x64x10 in 48x48x8 windows at inference.json's overlap 0.5: steps of 24 and 4 voxels, 2 x 2 x 2 windows
+    assert saved["sw_overlap"] == 0.5 and saved["windows"] == 8
+
+
+def test_inference_benchmark_sets_the_overlap(tmp_path):
+    """``--sw_overlap`` reaches the sliding window: at 0.75 the steps are 12 and 2 voxels, 3 x 3 x 2 windows."""
+    out = tmp_path / "inference.json"
+    inference.main(["--quick", "--sw_overlap", "0.75", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["sw_overlap"] == 0.75 and saved["windows"] == 18 and saved["written"] == ["ct_seg.nii.gz"]
 
 
 def test_inference_benchmark_measures_cpu_bf16_when_asked(tmp_path):
@@ -271,6 +281,8 @@ def test_gpu_check_runs_the_chosen_steps_with_valid_arguments(tmp_path):
             network.parse_args(args)  # SystemExit on an unknown model or option
         elif module == "benchmarks.op_profile":
             op_profile.parse_args(args)
+        elif module in ("benchmarks.inference", "benchmarks.pipeline"):
+            {"benchmarks.inference": inference, "benchmarks.pipeline": pipeline}[module].parse_args(args)
         elif module == "pytest":
             assert all((root / a).is_file() for a in args if a.startswith("tests/")), args
         else:
