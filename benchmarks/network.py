@@ -39,7 +39,7 @@ NUM_CLASSES = 3
 FULL_PATCH = (128, 128, 16)  # (x, y, z): MONAI layout, thick axis last; the reference's 16x128x128
 QUICK_PATCH = (64, 64, 8)
 MNET_DS_WEIGHTS = (1, 0.5, 0.5, 0.25, 0.25, 0.125, 0.125)  # the reference trainer's, normalised below
-CPU = asdict(MNetOptions.cpu())  # what the configs' `speed_preset` picks on the CPU with freed memory kept
+CPU = asdict(MNetOptions.cpu())  # what the configs' `speed_preset` picks on the CPU in float32
 
 # name -> (MNetOptions fields or None for DynUNet, use torch.compile); the layout is the options' `channels_last`
 VARIANTS: dict[str, tuple[dict | None, bool]] = {
@@ -50,9 +50,9 @@ VARIANTS: dict[str, tuple[dict | None, bool]] = {
     "mnet+group_norm+channels_last": ({"group_norm": True, "channels_last": True}, False),
     "mnet+merge_first": ({"merge_first": True}, False),
     "mnet+cpu": (CPU, False),
-    "mnet+cpu+channels_last": ({**CPU, "channels_last": True}, False),  # the CPU preset with freed memory released
-    "mnet+cpu-fast_training": ({**CPU, "fast_training": False}, False),  # PyTorch's pooling/upsampling in training
-    "mnet+cpu+thick_first": ({**CPU, "channels_last": True, "thick_first": True}, False),  # noise level: opt-in
+    "mnet+cpu-channels_last": ({**CPU, "channels_last": False}, False),  # the row-major preset (until 2026-12-04)
+    "mnet+cpu-fast_training": ({**CPU, "fast_training": False}, False),  # PyTorch's channels_last norm backward
+    "mnet+cpu+thick_first": ({**CPU, "thick_first": True}, False),  # noise level: opt-in
     "mnet+channels_last+thick_first": ({"channels_last": True, "thick_first": True}, False),  # the GPU lever
     "mnet+checkpointing": ({"checkpointing": True}, False),
     "mnet+group_norm+checkpointing": ({"group_norm": True, "checkpointing": True}, False),

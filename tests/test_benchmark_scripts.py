@@ -141,12 +141,12 @@ def test_network_benchmark_runs_the_preset_layout():
             if isinstance(m, torch.nn.Conv3d) and m.weight.shape[1] > 1 and m.weight.shape[2:].numel() > 1
         }
 
-    assert conv_weights_channels_last("mnet+cpu") == {False}  # the preset with freed memory kept: row-major
-    assert conv_weights_channels_last("mnet+cpu+channels_last") == {True}
+    assert conv_weights_channels_last("mnet+cpu") == {True}  # the float32 CPU preset trains in channels_last
+    assert conv_weights_channels_last("mnet+cpu-channels_last") == {False}
     assert conv_weights_channels_last("mnet+cpu+thick_first") == {True}
     thick_first = {name: Runner(name, torch.device("cpu"), (16, 16, 8)).base.thick_first
-                   for name in ("mnet+cpu", "mnet+cpu+thick_first", "mnet+cpu+channels_last")}  # fmt: skip
-    assert thick_first == {"mnet+cpu": False, "mnet+cpu+thick_first": True, "mnet+cpu+channels_last": False}
+                   for name in ("mnet+cpu", "mnet+cpu+thick_first", "mnet+cpu-channels_last")}  # fmt: skip
+    assert thick_first == {"mnet+cpu": False, "mnet+cpu+thick_first": True, "mnet+cpu-channels_last": False}
 
 
 def test_omp_wait_policy_reads_iteration_times_from_the_training_log():
@@ -166,7 +166,7 @@ def test_omp_wait_policy_reads_iteration_times_from_the_training_log():
 
 
 def test_network_benchmark_measures_other_mnet_widths(tmp_path):
-    """`--kn` builds MNet with those widths (what CHANNELS_LAST_BELOW_WIDTH was measured with), in the memory
+    """`--kn` builds MNet with those widths (what the CPU preset's layout was measured with), in the memory
     subprocess too, and a run of other widths is not compared with it."""
     from benchmarks import network
 

@@ -176,14 +176,14 @@ def test_configs_take_the_setting(files, monkeypatch):
 @pytest.mark.parametrize("config", ["configs/train.json", "configs/inference.json"])
 def test_cpu_preset_keeps_the_row_major_layout_under_bf16(config, monkeypatch):
     """Under bf16 autocast PyTorch's channels_last group norm is slow on the CPU (docs/benchmarks.md), so the CPU
-    preset keeps the row-major layout there even with freed memory released, where float32 trains in channels_last;
-    a CPU without bf16 keeps float32 and the float32 preset."""
-    expected = {True: replace(MNetOptions.cpu(), channels_last=True), False: MNetOptions.cpu()}
+    preset keeps the row-major layout there, where float32 trains in channels_last; a CPU without bf16 keeps float32
+    and the float32 preset."""
+    expected = {True: MNetOptions.cpu(), False: replace(MNetOptions.cpu(), channels_last=False)}
     for supported in (True, False):
         monkeypatch.setattr(cpu_autocast, "bf16_supported", lambda supported=supported: supported)
         for dtype in ("float16", "bfloat16"):
             parser = ConfigParser()
             parser.read_config(str(BUNDLE_ROOT / config))
-            parser.update({"device": "$torch.device('cpu')", "amp_dtype": dtype, "keep_freed_memory": False})
+            parser.update({"device": "$torch.device('cpu')", "amp_dtype": dtype})
             row_major = supported and dtype == "bfloat16"
             assert parser.get_parsed_content("network_def").options == expected[not row_major]

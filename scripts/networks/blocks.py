@@ -9,6 +9,8 @@ every choice has the reference's parameters and state_dict keys.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from scripts.networks import channels_last_norm
 from scripts.networks.resampling import upsample
 from scripts.networks.topology import FMU_MODES
 from torch import nn
@@ -24,10 +26,24 @@ class InstanceNormByGroupNorm(nn.GroupNorm):
 
     Same ``weight``/``bias`` as ``nn.InstanceNorm3d(C, affine=True)``. Its CPU kernel is faster: instance norm's
     reshapes to a batch norm and returns a view, so an in-place activation then costs a copy in backward.
+    ``fast_backward``: in CPU training on channels_last tensors, ``channels_last_norm``'s backward (PyTorch's is slow
+    there).
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True):
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True, fast_backward: bool = False):
         super().__init__(num_features, num_features, eps=eps, affine=affine)
+        self.fast_backward = fast_backward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting() or not self.fast_backward:
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        return self._eager_forward(x)
+
+    @torch.jit.unused
+    def _eager_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.affine and channels_last_norm.applies(x):
+            return channels_last_norm.instance_norm(x, self.weight, self.bias, self.eps)
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
 
 def instance_norm(num_features: int) -> nn.Module:
@@ -96,13 +112,7 @@ class FeatureMerge(nn.Module):
         return torch.cat([a, b], dim=1)
 
     def upsampled(
-        self,
-        a: torch.Tensor,
-        b: torch.Tensor,
-        size: list[int],
-        merge_first: bool = False,
-        fast: bool = False,
-        fast_training: bool = False,
+        self, a: torch.Tensor, b: torch.Tensor, size: list[int], merge_first: bool = False, fast: bool = False
     ) -> torch.Tensor:
         """FMU(up(a), up(b)) with ``up`` = trilinear interpolation to ``size`` (align_corners=False).
 
@@ -110,7 +120,7 @@ class FeatureMerge(nn.Module):
         ``up(a) -/+ up(b) == up(a' -/+ b')``, where a' and b' are a and b interpolated along the axes on which only
         one of them is coarser (each axis is still interpolated once, source to target). The full-resolution
         interpolation then runs once instead of twice. Used when every axis allows it (equal sizes, or the finer one
-        already at the target); the reference order otherwise. ``fast``, ``fast_training``: ``resampling.upsample``'s.
+        already at the target); the reference order otherwise. ``fast``: ``resampling.upsample``'s kernels.
         """
         if merge_first and self.mode != "cat":
             common: list[int] = []
@@ -119,7 +129,7 @@ class FeatureMerge(nn.Module):
                 common.append(max(x, y))
                 possible = possible and (x == y or max(x, y) == target)
             if possible:
-                a, b = upsample(a, common, fast, fast_training), upsample(b, common, fast, fast_training)
-                merged = upsample(a - b if self.mode == "sub" else a + b, size, fast, fast_training)
+                a, b = upsample(a, common, fast), upsample(b, common, fast)
+                merged = upsample(a - b if self.mode == "sub" else a + b, size, fast)
                 return torch.abs(merged) if self.mode == "sub" else merged
-        return self.forward(upsample(a, size, fast, fast_training), upsample(b, size, fast, fast_training))
+        return self.forward(upsample(a, size, fast), upsample(b, size, fast))

@@ -57,7 +57,6 @@ class MeshNode(nn.Module):
         self.checkpointing = options.checkpointing
         self.merge_first = options.merge_first
         self.fast = options.fast_inference
-        self.fast_training = options.fast_training
         blocks = {"conv_op": conv_op, "norm_op": norm_op, "thick_axis": thick_axis}
         if spec.emits_2d:
             self.block_2d = ConvBlock(spec.in_channels, spec.out_channels, "2d", **blocks)
@@ -66,7 +65,7 @@ class MeshNode(nn.Module):
 
     def _pool_3d(self, x: torch.Tensor) -> torch.Tensor:
         kernel = [2, 2, 2] if x.shape[self.thick_dim] >= self.min_z else self.pool_2d
-        return max_pool(x, kernel, self.fast, self.fast_training)
+        return max_pool(x, kernel, self.fast)
 
     def _encoder_input(
         self, image: torch.Tensor, f2d: dict[str, torch.Tensor], f3d: dict[str, torch.Tensor]
@@ -75,7 +74,7 @@ class MeshNode(nn.Module):
             return image
         if not self.has_2d_input:
             return self._pool_3d(f3d[self.src_3d])
-        x2d = max_pool(f2d[self.src_2d], self.pool_2d, self.fast, self.fast_training)
+        x2d = max_pool(f2d[self.src_2d], self.pool_2d, self.fast)
         if not self.has_3d_input:
             return x2d
         return self.merge(x2d, self._pool_3d(f3d[self.src_3d]))
@@ -83,9 +82,7 @@ class MeshNode(nn.Module):
     def _decoder_input(self, f2d: dict[str, torch.Tensor], f3d: dict[str, torch.Tensor]) -> torch.Tensor:
         skip_2d, skip_3d = f2d[self.skip], f3d[self.skip]
         size = list(skip_2d.shape[2:])
-        up = self.merge.upsampled(
-            f2d[self.src_2d], f3d[self.src_3d], size, self.merge_first, self.fast, self.fast_training
-        )
+        up = self.merge.upsampled(f2d[self.src_2d], f3d[self.src_3d], size, self.merge_first, self.fast)
         return torch.cat([self.merge(skip_2d, skip_3d), up], dim=1)
 
     def forward(
@@ -168,7 +165,11 @@ class MNet(nn.Module):
             conv_op = partial(ThickFirstConv3d, stored_axis=self.thick_axis, fast=options.fast_inference,
                               channels_last=options.channels_last)  # fmt: skip
             compute_axis = 0
-        norm_op = InstanceNormByGroupNorm if options.group_norm else instance_norm
+        norm_op = (
+            partial(InstanceNormByGroupNorm, fast_backward=options.fast_training)
+            if options.group_norm
+            else instance_norm
+        )
         node = {"fmu": fmu, "thick_axis": compute_axis, "min_z": min_z, "options": options}
         self.nodes = nn.ModuleDict(
             {spec.name: MeshNode(spec, conv_op=conv_op, norm_op=norm_op, **node) for spec in specs}

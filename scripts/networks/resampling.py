@@ -1,21 +1,17 @@
-"""Exact x2 max pooling and x2 trilinear upsampling on strided views, with their own backward for CPU training.
+"""Exact x2 max pooling and x2 trilinear upsampling on strided views, for MNet's CPU inference.
 
-Why: PyTorch's CPU ``max_pool3d`` and trilinear ``interpolate`` are generic kernels. With exact factors of 2, pooling
-is ``maximum`` of the even and odd slices per pooled axis, and linear x2 upsampling (align_corners=False) gives every
-output 0.75 of its source voxel plus 0.25 of the neighbour on its side (the edge voxel at the borders): a few
-elementwise passes, ~10x faster in inference and, with the backward below, 2-3x faster forward + backward in training
-(docs/benchmarks.md). Pooling is bit for bit PyTorch's, including its gradient routing (the first maximum of a window
-in scan order gets the gradient); upsampling and its backward equal PyTorch's to float rounding.
-
-They run in eager mode on the CPU only: under TorchScript, ONNX export or ``torch.compile`` (which picks its own
-kernels) and on other devices PyTorch's ops run. The training path also steps aside for channels_last tensors
-(PyTorch's channels_last kernels are faster) and under CPU autocast, where PyTorch's ops follow its precision rules.
+Why: in a CPU inference forward, ``F.max_pool3d`` (~7 %) and trilinear ``F.interpolate`` (~12 %) cost a fifth of
+MNet's time (docs/benchmarks.md). With exact factors of 2, pooling is ``maximum`` of the even and odd slices per
+pooled axis, and linear x2 upsampling (align_corners=False) gives every output 0.75 of its source voxel plus 0.25 of
+the neighbour on its side (the edge voxel at the borders): a few elementwise passes, ~10x faster. Pooling is bit for
+bit PyTorch's, upsampling equal to float rounding. They run only where autograd is off, in eager mode on the CPU:
+in training (where the CPU preset's channels_last tensors have fast PyTorch kernels), under TorchScript, ONNX export
+or ``torch.compile`` (which picks its own kernels) and on other devices PyTorch's ops run.
 """
 
 # no `from __future__ import annotations`: TorchScript cannot resolve string annotations of a jit.unused function
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import Function, once_differentiable
 
 
 def eager_cpu(x: torch.Tensor) -> bool:
@@ -30,38 +26,28 @@ def cpu_autocast() -> bool:
     return torch.is_autocast_enabled("cpu")
 
 
-def _strided(x: torch.Tensor, fast: bool, fast_training: bool) -> bool:
-    """``fast``: the strided kernels where autograd is off; ``fast_training``: also where it is on, for row-major
-    tensors (PyTorch's channels_last kernels are 2-3x faster than these)."""
-    if not eager_cpu(x):
-        return False
-    if torch.is_grad_enabled():
-        return fast_training and x.is_contiguous() and not cpu_autocast()
-    return fast
+def _strided(x: torch.Tensor, fast: bool) -> bool:
+    return fast and not torch.is_grad_enabled() and eager_cpu(x)
 
 
-def max_pool(x: torch.Tensor, kernel: list[int], fast: bool = False, fast_training: bool = False) -> torch.Tensor:
+def max_pool(x: torch.Tensor, kernel: list[int], fast: bool = False) -> torch.Tensor:
     """``F.max_pool3d(x, kernel, stride=kernel)`` for kernels of 1s and 2s (floor mode drops an odd last voxel)."""
-    if not _strided(x, fast, fast_training):
+    if not _strided(x, fast):
         return F.max_pool3d(x, kernel_size=kernel, stride=kernel)
-    if torch.is_grad_enabled():
-        return _max_pool_with_backward(x, kernel)
     for dim in _pooled_dims(kernel):
         x = _pair_max(x, dim)
     return x
 
 
-def upsample(x: torch.Tensor, size: list[int], fast: bool = False, fast_training: bool = False) -> torch.Tensor:
+def upsample(x: torch.Tensor, size: list[int], fast: bool = False) -> torch.Tensor:
     """``F.interpolate(x, size, mode="trilinear", align_corners=False)``; ``x`` itself when it already has ``size``."""
     if list(x.shape[2:]) == list(size):
         return x
     factors_of_two = True
     for source, target in zip(x.shape[2:], size):
         factors_of_two = factors_of_two and target in (source, 2 * source)
-    if not (factors_of_two and _strided(x, fast, fast_training)):
+    if not (factors_of_two and _strided(x, fast)):
         return F.interpolate(x, size=size, mode="trilinear", align_corners=False)
-    if torch.is_grad_enabled():
-        return _upsample_with_backward(x, size)
     for axis, target in enumerate(size):
         if target != x.shape[axis + 2]:
             x = _double(x, axis + 2)
@@ -69,10 +55,9 @@ def upsample(x: torch.Tensor, size: list[int], fast: bool = False, fast_training
 
 
 def _pooled_dims(kernel: list[int]) -> list[int]:
-    """The pooled tensor dims, last first: keeping the first of two equal values per pair, reduced in this order,
-    keeps the window's first maximum in PyTorch's scan order (first axis outermost)."""
+    """The pooled tensor dims."""
     dims: list[int] = []
-    for axis in [2, 1, 0]:
+    for axis in [0, 1, 2]:
         if kernel[axis] == 2:
             dims.append(axis + 2)
     return dims
@@ -110,83 +95,3 @@ def _double(x: torch.Tensor, dim: int) -> torch.Tensor:
     odd.narrow(dim, 0, n - 1).add_(x.narrow(dim, 1, n - 1), alpha=0.25)
     odd.narrow(dim, n - 1, 1).add_(x.narrow(dim, n - 1, 1), alpha=0.25)
     return out
-
-
-def _double_backward(grad: torch.Tensor, dim: int) -> torch.Tensor:
-    """The adjoint of ``_double``: x[i] collects .75 of out[2i] and out[2i+1], .25 of out[2i+2] and out[2i-1], and at
-    the borders the .25 that ``_double`` took from the edge voxel itself."""
-    n = grad.shape[dim] // 2
-    pairs = grad.unflatten(dim, (n, 2))
-    even, odd = pairs.select(dim + 1, 0), pairs.select(dim + 1, 1)
-    out = torch.add(even, odd).mul_(0.75)
-    out.narrow(dim, 0, n - 1).add_(even.narrow(dim, 1, n - 1), alpha=0.25)
-    out.narrow(dim, 0, 1).add_(even.narrow(dim, 0, 1), alpha=0.25)
-    out.narrow(dim, 1, n - 1).add_(odd.narrow(dim, 0, n - 1), alpha=0.25)
-    out.narrow(dim, n - 1, 1).add_(odd.narrow(dim, n - 1, 1), alpha=0.25)
-    return out
-
-
-def _route_pair_max(x: torch.Tensor, grad: torch.Tensor, dim: int) -> torch.Tensor:
-    """Backward of ``_pair_max(x, dim)``: each pair's gradient goes to its larger voxel, to the first on a tie."""
-    pairs = _pairs(x, dim)
-    second = pairs.select(dim + 1, 1) > pairs.select(dim + 1, 0)
-    out = _like(x, list(x.shape))
-    if x.shape[dim] % 2:
-        out.narrow(dim, x.shape[dim] - 1, 1).zero_()  # floor mode: the odd last voxel reached no output
-    out_pairs = _pairs(out, dim)
-    torch.mul(grad, second, out=out_pairs.select(dim + 1, 1))
-    torch.sub(grad, out_pairs.select(dim + 1, 1), out=out_pairs.select(dim + 1, 0))
-    return out
-
-
-class _MaxPool(Function):
-    """Pair maxima forward; backward recomputes the intermediate maxima from the saved input (the next layer keeps
-    that input alive anyway) and routes the gradient back pair by pair."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, dims: list[int]) -> torch.Tensor:
-        ctx.dims = dims
-        ctx.save_for_backward(x)
-        for dim in dims:
-            x = _pair_max(x, dim)
-        return x
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        (x,) = ctx.saved_tensors
-        stages = [x]
-        for dim in ctx.dims[:-1]:
-            stages.append(_pair_max(stages[-1], dim))
-        for stage, dim in zip(reversed(stages), reversed(ctx.dims)):
-            grad = _route_pair_max(stage, grad, dim)
-        return grad, None
-
-
-class _Upsample(Function):
-    """``_double`` per upsampled axis; backward is its adjoint, axis by axis in reverse."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, dims: list[int]) -> torch.Tensor:
-        ctx.dims = dims
-        for dim in dims:
-            x = _double(x, dim)
-        return x
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        for dim in reversed(ctx.dims):
-            grad = _double_backward(grad, dim)
-        return grad, None
-
-
-@torch.jit.unused
-def _max_pool_with_backward(x: torch.Tensor, kernel: list[int]) -> torch.Tensor:
-    return _MaxPool.apply(x, _pooled_dims(kernel))
-
-
-@torch.jit.unused
-def _upsample_with_backward(x: torch.Tensor, size: list[int]) -> torch.Tensor:
-    dims = [axis + 2 for axis, target in enumerate(size) if target != x.shape[axis + 2]]
-    return _Upsample.apply(x, dims)
