@@ -1,11 +1,12 @@
 """Instance norm of channels_last tensors in CPU training: PyTorch's forward, a faster backward.
 
-Why: where the CPU preset trains in channels_last (narrow networks, or glibc releasing freed memory), PyTorch's
-group-norm backward is MNet's largest cost after the convolutions (19 % of a train step at the demo's widths): on
-channels_last input its CPU kernel is ~10x slower than on row-major input, and it hands the gradient on in another
-layout, which slows the LeakyReLU backward before it 3-4x. The same gradient written as a few reductions and fused
-multiply-adds over the (N, voxels, C) view of the memory keeps the layout (docs/benchmarks.md). The forward stays
-PyTorch's; its per-(sample, channel) mean and 1/std are kept for the backward.
+Why: the CPU preset trains in channels_last (float32), where PyTorch's group-norm backward was MNet's largest cost
+after the convolutions (19 % of a train step at the demo's widths): on channels_last input its CPU kernel is ~10x
+slower than on row-major input, and it hands the gradient on in another layout, which slows the LeakyReLU backward
+before it 3-4x. The same gradient written as a few reductions and fused multiply-adds over the (N, voxels, C) view
+of the memory keeps the layout; with it channels_last became the faster layout at every width measured
+(docs/benchmarks.md). The forward stays PyTorch's; its per-(sample, channel) mean and 1/std are kept for the
+backward.
 
 With x^ = (x - mean) * rstd over the S voxels of one (sample, channel) and g = dy * weight:
 dx = rstd * (g - sum(g) / S - x^ * sum(g * x^) / S), dweight = sum(dy * x^), dbias = sum(dy); written as
