@@ -34,8 +34,7 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def takes_effect(device: str | torch.device = "cpu", enabled: object = True) -> bool:
-    """Whether ``keep_freed_memory(device, enabled)`` applies here: enabled, a CPU device, glibc. The CPU speed preset
-    picks its layout by it (``scripts.networks.options.preset``)."""
+    """Whether ``keep_freed_memory(device, enabled)`` applies here: enabled, a CPU device, glibc."""
     return as_bool(enabled, "keep_freed_memory") and torch.device(device).type == "cpu" and _libc() is not None
 
 
