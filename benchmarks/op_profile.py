@@ -89,7 +89,9 @@ def profile_phase(fn, device: torch.device, top: int) -> dict:
     }
 
 
-def run_profile(models: list[str], device: torch.device, patch: tuple[int, int, int], top: int) -> dict:
+def run_profile(
+    models: list[str], device: torch.device, patch: tuple[int, int, int], top: int, kn: tuple[int, ...] | None = None
+) -> dict:
     report: dict = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "torch": torch.__version__,
@@ -97,13 +99,14 @@ def run_profile(models: list[str], device: torch.device, patch: tuple[int, int, 
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         "threads": torch.get_num_threads(),
         "patch": list(patch),
+        "mnet_kn": list(kn) if kn else None,
         "time": "GPU self time" if device.type == "cuda" else "CPU self time",
         "models": {},
     }
     for name in models:
-        runner = Runner(name, device, patch)
+        runner = Runner(name, device, patch, kn=kn)
         runner.train_step(), runner.infer()  # warm-up: first-call allocations, cuDNN autotuning, compilation
-        gflop = forward_gflop(name, patch)
+        gflop = forward_gflop(name, patch, kn)
         phases = {phase: profile_phase(fn, device, top) for phase, fn in (("train", runner.train_step),
                                                                           ("infer", runner.infer))}  # fmt: skip
         # the rate the convolutions run at: the same FLOPs in more, smaller convolutions run slower
@@ -145,6 +148,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", choices=list(VARIANTS), default=["dynunet", "mnet+cpu"])
     parser.add_argument("--quick", action="store_true", help=f"patch {QUICK_PATCH}, for a smoke test")
     parser.add_argument("--patch", type=int, nargs=3, help="override the patch (x y z), thick axis last")
+    parser.add_argument("--kn", type=int, nargs=5, help="MNet's five widths (default the paper's 32 48 64 80 96)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--top", type=int, default=12, help="operators listed per model and phase")
     parser.add_argument("--out", default="benchmarks/results/op_profile.json")
@@ -158,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
     patch = tuple(args.patch) if args.patch else (QUICK_PATCH if args.quick else FULL_PATCH)
     device = resolve_device(args.device)
     keep_freed_memory(device)  # as the configs and benchmarks.network: no page faults of fresh memory in the profile
-    report = run_profile(args.models, device, patch, args.top)
+    report = run_profile(args.models, device, patch, args.top, tuple(args.kn) if args.kn else None)
     print(header(report))
     print(format_tables(report))
     write_json(report, args.out)

@@ -222,6 +222,16 @@ def test_op_profile_ranks_operators_and_kinds(tmp_path):
     assert infer["mnet+cpu"] > 2 * infer["dynunet"]
 
 
+def test_op_profile_profiles_other_mnet_widths(tmp_path):
+    """`--kn` profiles MNet at those widths (the demo's narrow network), as benchmarks.network measures them."""
+    from benchmarks import op_profile
+
+    args = ["--quick", "--models", "mnet+cpu", "--top", "3", "--out", str(tmp_path / "p.json")]
+    narrow = op_profile.main([*args, "--kn", "4", "4", "6", "6", "8"])
+    assert narrow["mnet_kn"] == [4, 4, 6, 6, 8]
+    assert narrow["models"]["mnet+cpu"]["gflop_fwd"] < op_profile.main(args)["models"]["mnet+cpu"]["gflop_fwd"]
+
+
 def test_onednn_layouts_counts_convolutions_and_reorders_between_the_marks(tmp_path):
     """oneDNN's verbose lines are summed per phase and primitive kind; lines outside the marks (warm-up) are not.
     A real quick run of MNet's inference sees every convolution through oneDNN, with reorders around them."""

@@ -1,7 +1,7 @@
 """Instance norm of channels_last tensors in CPU training: PyTorch's forward, a faster backward.
 
 Why: the CPU preset trains in channels_last (float32), where PyTorch's group-norm backward was MNet's largest cost
-after the convolutions (19 % of a train step at the demo's widths): on channels_last input its CPU kernel is ~10x
+after the convolutions (17-19 % of a train step at the demo's widths): on channels_last input its CPU kernel is ~10x
 slower than on row-major input, and it hands the gradient on in another layout, which slows the LeakyReLU backward
 before it 3-4x. The same gradient written as a few reductions and fused multiply-adds over the (N, voxels, C) view
 of the memory keeps the layout; with it channels_last became the faster layout at every width measured
@@ -16,6 +16,7 @@ dx = a * dy + b * x + c with per-(sample, channel) a, b, c, two passes over the 
 from __future__ import annotations
 
 import torch
+from scripts.networks.resampling import eager_cpu
 from torch.autograd.function import Function, once_differentiable
 
 
@@ -24,14 +25,12 @@ def applies(x: torch.Tensor) -> bool:
     mode and outside CPU autocast (where PyTorch's op follows autocast's rules)."""
     return (
         x.dim() == 5
-        and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)
         and torch.is_grad_enabled()
         and x.is_contiguous(memory_format=torch.channels_last_3d)
         and not x.is_contiguous()
         and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
-        and not torch.onnx.is_in_onnx_export()
+        and eager_cpu(x)
     )
 
 

@@ -12,7 +12,7 @@ import weakref
 
 import torch
 import torch.nn.functional as F
-from scripts.networks.resampling import cpu_autocast, eager_cpu
+from scripts.networks.resampling import eager_cpu
 from torch import nn
 
 MKLDNN = torch.backends.mkldnn.is_available()
@@ -27,7 +27,12 @@ def _fast_path(x: torch.Tensor, enabled: bool) -> bool:
 def _onednn_conv(x: torch.Tensor, fast: bool) -> bool:
     """Where PyTorch's heuristic picks its slow reference kernel and oneDNN is exact: batch-1 float32 CPU inference.
     Not under CPU autocast: oneDNN's op is not on autocast's list, so the network would silently run in float32."""
-    return x.shape[0] == 1 and x.dtype == torch.float32 and _fast_path(x, fast) and not cpu_autocast()
+    return x.shape[0] == 1 and x.dtype == torch.float32 and _fast_path(x, fast) and not _cpu_autocast()
+
+
+@torch.jit.unused
+def _cpu_autocast() -> bool:
+    return torch.is_autocast_enabled("cpu")
 
 
 def conv3d(

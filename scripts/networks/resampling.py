@@ -21,11 +21,6 @@ def eager_cpu(x: torch.Tensor) -> bool:
     return not (torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
 
 
-@torch.jit.unused
-def cpu_autocast() -> bool:
-    return torch.is_autocast_enabled("cpu")
-
-
 def _strided(x: torch.Tensor, fast: bool) -> bool:
     return fast and not torch.is_grad_enabled() and eager_cpu(x)
 
